@@ -1,0 +1,105 @@
+"""The fold report: one decision per BatchNormalization, and totals.
+
+Frozen dataclasses with ``to_dict()`` so the CLI can print them as JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import onnx
+
+Status = Literal["folded", "skipped"]
+
+
+@dataclass(frozen=True)
+class BNDecision:
+    """What happened to one BatchNormalization node, and why.
+
+    ``reason`` is a stable machine-readable code (see ``bnfold.rules.Reason``); ``message`` is the
+    same thing as a sentence for a person.
+    """
+
+    node: str
+    output: str
+    graph: str
+    status: Status
+    reason: str
+    message: str
+    producer: str | None = None
+    producer_node: str | None = None
+    through: tuple[str, ...] = ()
+
+    @property
+    def folded(self) -> bool:
+        return self.status == "folded"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "output": self.output,
+            "graph": self.graph,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "producer": self.producer,
+            "producer_node": self.producer_node,
+            "through": list(self.through),
+        }
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """Every BatchNormalization decision in the model, in graph order, with totals."""
+
+    decisions: tuple[BNDecision, ...]
+    nodes_before: int
+    nodes_after: int
+
+    @property
+    def bn_total(self) -> int:
+        return len(self.decisions)
+
+    @property
+    def folded(self) -> int:
+        return sum(1 for d in self.decisions if d.folded)
+
+    @property
+    def skipped(self) -> int:
+        return self.bn_total - self.folded
+
+    @property
+    def changed(self) -> bool:
+        return self.folded > 0
+
+    def reasons(self) -> dict[str, int]:
+        """Count of skipped BatchNormalizations per reason code."""
+        counts: dict[str, int] = {}
+        for d in self.decisions:
+            if not d.folded:
+                counts[d.reason] = counts.get(d.reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bn_total": self.bn_total,
+            "folded": self.folded,
+            "skipped": self.skipped,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "skip_reasons": self.reasons(),
+            "decisions": [d.to_dict() for d in self.decisions],
+        }
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """The folded model and the report that says what changed in it."""
+
+    model: onnx.ModelProto = field(repr=False)
+    report: FoldReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict()
