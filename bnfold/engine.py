@@ -1,0 +1,364 @@
+"""The fold pass: find every BatchNormalization, ask the rule for its producer, apply the plan.
+
+Passes repeat until one folds nothing, so Conv -> BN -> BN folds both. Within a pass the index is a
+snapshot; a pattern that touches a node already changed in the pass is deferred to the next one.
+Afterwards only what the folds made unused is removed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper
+
+from bnfold import numerics
+from bnfold.graph import (
+    ModelIndex,
+    NameAllocator,
+    NotConstant,
+    Scope,
+    del_attr,
+    is_op,
+    set_attr,
+    value_rank,
+)
+from bnfold.report import BNDecision, FoldReport
+from bnfold.rules import DEFAULT_RULES, FoldRule
+from bnfold.rules._base import (
+    Chain,
+    Defer,
+    FoldPlan,
+    Reason,
+    Skip,
+    TensorUpdate,
+    check_mode,
+    read_batchnorm,
+    walk_chain,
+)
+
+MAX_PASSES = 64
+SUFFIX = "_bnfolded"
+
+
+def count_nodes(model: onnx.ModelProto) -> int:
+    """Nodes in the main graph, every subgraph and every local function."""
+    return sum(len(scope.nodes) for scope in ModelIndex(model).scopes)
+
+
+class _Ranks:
+    """Tensor ranks: declared ones first, onnx shape inference (on a weightless copy) on demand."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self._inferred: dict[str, int] | None = None
+        self.failure: str | None = None
+
+    def rank(self, scope: Scope, name: str) -> int | None:
+        declared = value_rank(scope, name)
+        if declared is not None:
+            return declared
+        if self._inferred is None:
+            self._inferred = self._infer()
+        return self._inferred.get(name)
+
+    def _infer(self) -> dict[str, int]:
+        light = _weightless_copy(self.model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+        except Exception as exc:  # shape inference is best effort; the BN is skipped, with why
+            self.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            return {}
+        ranks: dict[str, int] = {}
+
+        def collect(graph: onnx.GraphProto) -> None:
+            for vi in (*graph.value_info, *graph.output, *graph.input):
+                tt = vi.type.tensor_type
+                if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+                    ranks.setdefault(vi.name, len(tt.shape.dim))
+            for node in graph.node:
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH:
+                        collect(attr.g)
+                    for g in attr.graphs:
+                        collect(g)
+
+        collect(inferred.graph)
+        return ranks
+
+
+def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with large initializers turned into typed inputs: cheap to shape-infer."""
+    light = onnx.ModelProto()
+    light.ir_version = max(model.ir_version, 4)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    src, dst = model.graph, light.graph
+    dst.name = src.name
+    dst.input.extend(src.input)
+    dst.output.extend(src.output)
+    dst.value_info.extend(src.value_info)
+    declared = {vi.name for vi in src.input}
+    for t in src.initializer:
+        if len(t.raw_data) > 4096 or len(t.float_data) > 1024:
+            if t.name not in declared:
+                dst.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            dst.initializer.append(t)
+    dst.node.extend(src.node)
+    return light
+
+
+@dataclass
+class _Pending:
+    """Structural edits collected during a pass and applied at its end."""
+
+    deletes: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    inserts: dict[str, list[tuple[onnx.NodeProto, onnx.NodeProto]]] = field(default_factory=dict)
+
+
+@dataclass
+class _Released:
+    """Names a fold stopped using: removed at the end if nothing else reads them."""
+
+    constants: dict[tuple[str, str], None] = field(default_factory=dict)
+    values: dict[tuple[str, str], None] = field(default_factory=dict)
+
+
+def _safe_name(base: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./:-]", "_", base) or "t"
+
+
+class FoldEngine:
+    """Folds every foldable BatchNormalization of one model, in place."""
+
+    def __init__(self, model: onnx.ModelProto, rules: Sequence[FoldRule] = DEFAULT_RULES) -> None:
+        self.model = model
+        self.rules = {op: rule for rule in rules for op in rule.op_types}
+        self.ranks = _Ranks(model)
+        self.decisions: dict[tuple[str, str], BNDecision] = {}
+        self.released = _Released()
+        self.names: NameAllocator | None = None
+
+    # RuleContext
+    def rank(self, scope: Scope, name: str) -> int | None:
+        return self.ranks.rank(scope, name)
+
+    def run(self) -> FoldReport:
+        nodes_before = count_nodes(self.model)
+        changed = False
+        for _ in range(MAX_PASSES):
+            index = ModelIndex(self.model)
+            if self.names is None:
+                self.names = NameAllocator(index.all_names())
+            folded = self._pass(index)
+            changed = changed or folded
+            if not folded:
+                break
+        if changed:
+            self._cleanup()
+        return FoldReport(
+            decisions=tuple(self.decisions.values()),
+            nodes_before=nodes_before,
+            nodes_after=count_nodes(self.model) if changed else nodes_before,
+        )
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def _pass(self, index: ModelIndex) -> bool:
+        pending = _Pending()
+        dirty: set[int] = set()
+        folded_any = False
+        for scope in index.scopes:
+            for node in scope.nodes:
+                if not is_op(node, "BatchNormalization"):
+                    continue
+                key = (scope.path, node.output[0] if node.output else node.name)
+                try:
+                    decision = self._consider(scope, node, dirty, pending)
+                except Defer:
+                    continue
+                self.decisions[key] = decision
+                folded_any = folded_any or decision.folded
+        self._apply_structure(index, pending)
+        return folded_any
+
+    def _consider(
+        self, scope: Scope, bn_node: onnx.NodeProto, dirty: set[int], pending: _Pending
+    ) -> BNDecision:
+        chain: Chain | None = None
+
+        def decision(reason: Reason, message: str) -> BNDecision:
+            return BNDecision(
+                node=bn_node.name,
+                output=bn_node.output[0] if bn_node.output else "",
+                graph=scope.path,
+                status="folded" if reason is Reason.FOLDED else "skipped",
+                reason=reason.value,
+                message=message,
+                producer=chain.producer.op_type if chain else None,
+                producer_node=(chain.producer.name or chain.producer.output[0]) if chain else None,
+                through=tuple(n.op_type for n in reversed(chain.through)) if chain else (),
+            )
+
+        try:
+            check_mode(scope, bn_node)
+            chain = walk_chain(scope, bn_node, tuple(self.rules), _is_dirty(dirty))
+            if id(bn_node) in dirty:
+                raise Defer
+            bn = read_batchnorm(scope, bn_node)
+            rule = self.rules[chain.producer.op_type]
+            plan = rule.plan(self, scope, bn, chain)
+        except Skip as skip:
+            if skip.reason is Reason.UNKNOWN_RANK and self.ranks.failure:
+                return decision(
+                    skip.reason, f"{skip.message} (shape inference failed: {self.ranks.failure})"
+                )
+            return decision(skip.reason, skip.message)
+        self._apply(scope, bn_node, chain, plan, pending)
+        dirty.update(id(n) for n in (bn_node, chain.producer, *chain.through))
+        via = (
+            " through " + " and ".join(n.op_type for n in reversed(chain.through))
+            if chain.through
+            else ""
+        )
+        target = chain.producer.name or chain.producer.output[0]
+        verb = (
+            f"folded into Gemm '{target}' (was MatMul)"
+            if plan.op_type
+            else (f"folded into {chain.producer.op_type} '{target}'")
+        )
+        return decision(Reason.FOLDED, f"{verb}{via}")
+
+    # -- applying a plan -------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        scope: Scope,
+        bn: onnx.NodeProto,
+        chain: Chain,
+        plan: FoldPlan,
+        pending: _Pending,
+    ) -> None:
+        producer = chain.producer
+        for update in plan.updates:
+            self._write_input(scope, producer, update, pending)
+        for const in chain.adds:
+            self.released.constants[(const.scope.path, const.name)] = None
+        for name in bn.input[1:5]:
+            try:
+                const = scope.constant(name)
+            except NotConstant:
+                continue
+            self.released.constants[(const.scope.path, const.name)] = None
+        for node in chain.through:
+            self.released.values[(scope.path, node.input[0])] = None
+        self.released.values[(scope.path, producer.output[0])] = None
+        producer.output[0] = bn.output[0]
+        if plan.op_type:
+            producer.op_type = plan.op_type
+        for attr in plan.del_attrs:
+            del_attr(producer, attr)
+        for attr, value in plan.set_attrs.items():
+            set_attr(producer, attr, value)
+        pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
+
+    def _write_input(
+        self, scope: Scope, node: onnx.NodeProto, update: TensorUpdate, pending: _Pending
+    ) -> None:
+        """Put new values into input ``update.input_index``: in place when only ``node`` reads the
+        old constant, otherwise under a new unique name (shared weights are never edited)."""
+        assert self.names is not None
+        idx = update.input_index
+        old = node.input[idx] if idx < len(node.input) else ""
+        if old:
+            const = scope.constant(old)
+            if scope.is_exclusive(const, node):
+                tensor = numerics.make_tensor(old, update.values, update.elem_type)
+                if const.node is not None:
+                    del const.node.attribute[:]
+                    const.node.attribute.append(helper.make_attribute("value", tensor))
+                else:
+                    assert const.tensor is not None
+                    doc = const.tensor.doc_string
+                    const.tensor.CopyFrom(tensor)
+                    const.tensor.doc_string = doc
+                return
+            self.released.constants[(const.scope.path, old)] = None
+        name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
+        tensor = numerics.make_tensor(name, update.values, update.elem_type)
+        if scope.graph is not None:
+            scope.graph.initializer.append(tensor)
+        else:
+            const_node = helper.make_node("Constant", [], [name], name=name, value=tensor)
+            pending.inserts.setdefault(scope.path, []).append((node, const_node))
+        while len(node.input) <= idx:
+            node.input.append("")
+        node.input[idx] = name
+
+    def _apply_structure(self, index: ModelIndex, pending: _Pending) -> None:
+        for scope in index.scopes:
+            deletes = pending.deletes.get(scope.path, [])
+            inserts = pending.inserts.get(scope.path, [])
+            if not deletes and not inserts:
+                continue
+            position = {id(n): i for i, n in enumerate(scope.nodes)}
+            edits: list[tuple[int, int, onnx.NodeProto | None]] = []
+            edits.extend((position[id(n)], 0, None) for n in deletes)
+            edits.extend((position[id(before)], 1, new) for before, new in inserts)
+            # From the back, so earlier positions stay valid; a delete at i before an insert at i.
+            for pos, _, new in sorted(edits, key=lambda e: (-e[0], e[1])):
+                if new is None:
+                    del scope.container[pos]
+                else:
+                    scope.container.insert(pos, new)
+
+    # -- cleanup --------------------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        """Remove constants and value_info entries that the folds, and only they, made unused."""
+        index = ModelIndex(self.model)
+        scopes = {s.path: s for s in index.scopes}
+        node_deletes: dict[str, list[int]] = {}
+        init_deletes: dict[str, list[str]] = {}
+        for path, name in self.released.constants:
+            scope = scopes.get(path)
+            if scope is None or scope.uses(name) or name in scope.output_set:
+                continue
+            producer_idx = scope.producer.get(name)
+            if producer_idx is not None:
+                node_deletes.setdefault(path, []).append(producer_idx)
+            elif name in scope.initializers:
+                init_deletes.setdefault(path, []).append(name)
+        for path, idxs in node_deletes.items():
+            for i in sorted(set(idxs), reverse=True):
+                del scopes[path].container[i]
+        for path, names in init_deletes.items():
+            graph = scopes[path].graph
+            assert graph is not None
+            gone = set(names)
+            for i in reversed(range(len(graph.initializer))):
+                if graph.initializer[i].name in gone:
+                    del graph.initializer[i]
+            # An IR < 4 model lists its initializers as inputs too: drop those entries with them.
+            for i in reversed(range(len(graph.input))):
+                if graph.input[i].name in gone:
+                    del graph.input[i]
+        stale: dict[str, set[str]] = {}  # value_info entries of values that no longer exist
+        for path, name in self.released.values:
+            scope = scopes.get(path)
+            if scope is not None and not scope.defines(name) and name not in scope.output_set:
+                stale.setdefault(path, set()).add(name)
+        for path, stale_names in stale.items():
+            graph = scopes[path].graph
+            if graph is None:
+                continue
+            for i in reversed(range(len(graph.value_info))):
+                if graph.value_info[i].name in stale_names:
+                    del graph.value_info[i]
+
+
+def _is_dirty(dirty: set[int]) -> Callable[[onnx.NodeProto], bool]:
+    return lambda node: id(node) in dirty

@@ -1,0 +1,370 @@
+"""Use-def queries over every graph of a model: producer, consumers, is-constant.
+
+A *scope* is one list of nodes with its own names: the main graph, an If/Loop/Scan body (which may
+read names of the graphs around it) or a model-local function body. Consumers are counted across
+scopes: a node whose body reads an outer name consumes that name, as onnxruntime counts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from bnfold.errors import InputError
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: onnx.NodeProto, op_type: str) -> bool:
+    """True for a node of the default ONNX domain with this op_type."""
+    return node.op_type == op_type and node.domain in DEFAULT_DOMAINS
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """(label, body) for every graph attribute of a node (If branches, Loop/Scan bodies, ...)."""
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            for k, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{k}]", g
+
+
+def get_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """A node attribute's value, or ``default`` when absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def attr_is_reference(node: onnx.NodeProto, names: tuple[str, ...] | None = None) -> str | None:
+    """The first attribute (of ``names``, or any) bound to a function attribute, else None."""
+    for attr in node.attribute:
+        if attr.ref_attr_name and (names is None or attr.name in names):
+            return str(attr.name)
+    return None
+
+
+def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
+    del_attr(node, name)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def del_attr(node: onnx.NodeProto, name: str) -> None:
+    for i in reversed(range(len(node.attribute))):
+        if node.attribute[i].name == name:
+            del node.attribute[i]
+
+
+@dataclass
+class Constant:
+    """A value known before run time: an initializer or a Constant node's output."""
+
+    name: str
+    scope: Scope
+    tensor: TensorProto | None = None  # initializer, or the Constant node's `value`
+    node: onnx.NodeProto | None = None  # the Constant node, when it is one
+    _array: npt.NDArray[Any] | None = field(default=None, repr=False)
+
+    @property
+    def elem_type(self) -> int:
+        if self.tensor is not None:
+            return int(self.tensor.data_type)
+        return int(helper.np_dtype_to_tensor_dtype(self.array().dtype))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.tensor is not None:
+            return tuple(int(d) for d in self.tensor.dims)
+        return tuple(self.array().shape)
+
+    def array(self) -> npt.NDArray[Any]:
+        """The value as numpy, read once."""
+        if self._array is None:
+            if self.tensor is not None:
+                if self.tensor.data_location == TensorProto.EXTERNAL and not self.tensor.raw_data:
+                    raise InputError(
+                        f"tensor '{self.name}' keeps its data in an external file that was not "
+                        "loaded",
+                        hint="load the model with its external data (bnfold.fold_file does)",
+                    )
+                self._array = numpy_helper.to_array(self.tensor)
+            else:
+                assert self.node is not None
+                self._array = _constant_node_value(self.node)
+        return self._array
+
+
+def _constant_node_value(node: onnx.NodeProto) -> npt.NDArray[Any]:
+    attr = node.attribute[0]
+    if attr.name == "value_float":
+        return np.array(attr.f, dtype=np.float32)
+    if attr.name == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if attr.name == "value_int":
+        return np.array(attr.i, dtype=np.int64)
+    if attr.name == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    raise ValueError(f"Constant attribute {attr.name} holds no numeric tensor")
+
+
+def _constant_node_tensor(node: onnx.NodeProto) -> TensorProto | None:
+    """The `value` tensor of a Constant node, when that is how it holds its value."""
+    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+        value: TensorProto = attr.t
+        return value
+    return None
+
+
+def _constant_node_is_numeric(node: onnx.NodeProto) -> bool:
+    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
+        return False
+    return node.attribute[0].name in (
+        "value",
+        "value_float",
+        "value_floats",
+        "value_int",
+        "value_ints",
+    )
+
+
+class NotConstant(Exception):
+    """Raised by Scope.constant with the reason a name is not a constant."""
+
+
+class Scope:
+    """One graph or function body, indexed for use-def queries.
+
+    The index is a snapshot: after edits it is rebuilt (see ``ModelIndex``) rather than patched.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        nodes: Any,
+        *,
+        graph: onnx.GraphProto | None,
+        function: onnx.FunctionProto | None,
+        parent: Scope | None,
+        opset: int,
+        ir_version: int,
+    ) -> None:
+        self.path = path
+        self.nodes: list[onnx.NodeProto] = list(nodes)
+        self.container = nodes
+        self.graph = graph
+        self.function = function
+        self.parent = parent
+        self.opset = opset
+        self.ir_version = ir_version
+        self.children: list[Scope] = []
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        if graph is not None:
+            self.inputs = [vi.name for vi in graph.input]
+            self.outputs = [vi.name for vi in graph.output]
+            self.initializers = {t.name: t for t in graph.initializer}
+        else:
+            assert function is not None
+            self.inputs = list(function.input)
+            self.outputs = list(function.output)
+            self.initializers = {}
+        self.input_set = set(self.inputs)
+        self.output_set = set(self.outputs)
+        self.free_names: set[str] = set()
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def defines(self, name: str) -> bool:
+        return name in self.producer or name in self.input_set or name in self.initializers
+
+    def producer_of(self, name: str) -> onnx.NodeProto | None:
+        idx = self.producer.get(name)
+        return None if idx is None else self.nodes[idx]
+
+    def uses(self, name: str) -> int:
+        """Readers of ``name`` here: node inputs, nested bodies, and graph outputs."""
+        return len(self.consumers.get(name, ())) + (name in self.output_set)
+
+    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
+        return [self.nodes[i] for i in self.consumers.get(name, ())]
+
+    def index_of(self, node: onnx.NodeProto) -> int:
+        """The node's position (by its output, which is unique in SSA form)."""
+        if node.output and node.output[0] in self.producer:
+            return self.producer[node.output[0]]
+        for i, n in enumerate(self.nodes):
+            if n is node:
+                return i
+        raise KeyError(node.name)
+
+    def overridable(self, name: str) -> bool:
+        """An initializer that is also a graph input can be replaced at run time (IR >= 4)."""
+        return name in self.initializers and name in self.input_set and self.ir_version >= 4
+
+    def constant(self, name: str) -> Constant:
+        """The constant behind ``name`` as seen from this scope, or NotConstant with the reason."""
+        if not name:
+            raise NotConstant("it is absent")
+        scope: Scope | None = self
+        while scope is not None:
+            idx = scope.producer.get(name)
+            if idx is not None:
+                node = scope.nodes[idx]
+                if is_op(node, "Constant") and _constant_node_is_numeric(node):
+                    return Constant(name, scope, tensor=_constant_node_tensor(node), node=node)
+                if is_op(node, "Constant"):
+                    raise NotConstant("it is a Constant bound to a function attribute")
+                raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+            if name in scope.initializers:
+                if scope.overridable(name):
+                    raise NotConstant(
+                        "it is an initializer that is also a graph input, so it can be "
+                        "replaced at run time"
+                    )
+                return Constant(name, scope, tensor=scope.initializers[name])
+            if name in scope.input_set:
+                what = "function input" if scope.function is not None else "graph input"
+                raise NotConstant(f"it is a {what}")
+            scope = scope.parent
+        raise NotConstant("nothing in the model produces it")
+
+    def is_exclusive(self, const: Constant, node: onnx.NodeProto) -> bool:
+        """True when ``node`` alone reads ``const`` anywhere, so it may change in place."""
+        if const.scope is not self:
+            return False
+        name = const.name
+        if name in self.output_set or name in self.input_set:
+            return False
+        return self.uses(name) == 1 and list(node.input).count(name) == 1
+
+
+class ModelIndex:
+    """Every scope of a model, indexed; rebuilt after each round of edits."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.opset = model_opset(model)
+        self.scopes: list[Scope] = []
+        main = self._build_graph("main", model.graph, None, self.opset)
+        self.main = main
+        for func in model.functions:
+            fopset = next(
+                (o.version for o in func.opset_import if o.domain in DEFAULT_DOMAINS), self.opset
+            )
+            label = (
+                f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
+            )
+            scope = Scope(
+                label,
+                func.node,
+                graph=None,
+                function=func,
+                parent=None,
+                opset=int(fopset),
+                ir_version=model.ir_version,
+            )
+            self.scopes.append(scope)
+            self._index(scope)
+
+    def _build_graph(
+        self, path: str, graph: onnx.GraphProto, parent: Scope | None, opset: int
+    ) -> Scope:
+        scope = Scope(
+            path,
+            graph.node,
+            graph=graph,
+            function=None,
+            parent=parent,
+            opset=opset,
+            ir_version=self.model.ir_version,
+        )
+        self.scopes.append(scope)
+        self._index(scope)
+        return scope
+
+    def _index(self, scope: Scope) -> None:
+        used: set[str] = set(scope.outputs)
+        for i, node in enumerate(scope.nodes):
+            for out in node.output:
+                if out:
+                    scope.producer[out] = i
+        for i, node in enumerate(scope.nodes):
+            for name in node.input:
+                if name:
+                    scope.consumers.setdefault(name, []).append(i)
+                    used.add(name)
+            label = node.name or f"{node.op_type}({node.output[0] if node.output else i})"
+            for attr_label, body in subgraphs(node):
+                child = self._build_graph(
+                    f"{scope.path}/{label}.{attr_label}", body, scope, scope.opset
+                )
+                scope.children.append(child)
+                for name in sorted(child.free_names):
+                    scope.consumers.setdefault(name, []).append(i)
+                    used.add(name)
+        scope.free_names = {n for n in used if not scope.defines(n)}
+
+    def all_names(self) -> set[str]:
+        """Every value name used anywhere in the model (for picking new unique names)."""
+        names: set[str] = set()
+        for scope in self.scopes:
+            names.update(scope.inputs, scope.outputs, scope.initializers)
+            for node in scope.nodes:
+                names.update(node.input)
+                names.update(node.output)
+            if scope.graph is not None:
+                names.update(vi.name for vi in scope.graph.value_info)
+        names.discard("")
+        return names
+
+
+class NameAllocator:
+    """Hands out names unique across the whole model, subgraphs and functions included."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+
+    def new(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset version of the model (ONNX's default when it is missing)."""
+    for opset in model.opset_import:
+        if opset.domain in DEFAULT_DOMAINS:
+            return int(opset.version)
+    return 1
+
+
+def value_rank(scope: Scope, name: str) -> int | None:
+    """The rank of ``name`` where the model declares it (value_info, inputs, initializers)."""
+    s: Scope | None = scope
+    while s is not None:
+        if s.graph is not None:
+            for vi in (*s.graph.value_info, *s.graph.input, *s.graph.output):
+                if vi.name == name and vi.type.HasField("tensor_type"):
+                    tt = vi.type.tensor_type
+                    if tt.HasField("shape"):
+                        return len(tt.shape.dim)
+            if name in s.initializers:
+                return len(s.initializers[name].dims)
+        if s.defines(name):
+            return None
+        s = s.parent
+    return None

@@ -1,0 +1,182 @@
+"""Reading and writing model files: clear errors for unusable input, atomic writes, external data.
+
+Strictness is not badness: IR-3 files that fail the ONNX checker but run in onnxruntime are
+accepted. What is refused is what cannot work: not a model, missing external data, a node reading
+a value nothing produces, an operator domain the model does not import.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+from bnfold.errors import InputError, OutputError
+from bnfold.graph import DEFAULT_DOMAINS, subgraphs
+
+#: protobuf cannot serialize a message of 2 GiB or more; such models must keep data external.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """True when any initializer (main graph or subgraph) stores its data in an external file."""
+    return any(t.data_location == TensorProto.EXTERNAL for t in _all_initializers(model.graph))
+
+
+def _all_initializers(graph: onnx.GraphProto) -> list[TensorProto]:
+    found = list(graph.initializer)
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            found.extend(_all_initializers(body))
+    return found
+
+
+def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Parse a model file (and its external data) or raise InputError saying what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file", hint="check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not a model file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: the file is empty", hint="re-export or re-download the model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{p}: not a readable ONNX model ({_first_line(exc) or 'protobuf parse failed'})",
+            hint="is the file truncated or of another format?",
+        ) from None
+    check_structure(model, p)
+    if load_external_data and uses_external_data(model):
+        _check_external_files(model, p)
+        try:
+            onnx.load_external_data_for_model(model, str(p.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise InputError(f"{p}: cannot read its external data ({_first_line(exc)})") from None
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in _all_initializers(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (path.parent / location).resolve()
+        if not location or not target.is_file():
+            raise InputError(
+                f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing",
+                hint="keep the .data file next to the model",
+            )
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > target.stat().st_size:
+            raise InputError(
+                f"{path}: external data file '{location}' is shorter than tensor "
+                f"'{tensor.name}' needs (truncated copy?)"
+            )
+
+
+def check_structure(model: onnx.ModelProto, path: Path | str = "<model>") -> None:
+    """Refuse what cannot be a working model; accept what is merely not checker-clean."""
+    if model.ir_version < 1 or not model.HasField("graph"):
+        raise InputError(
+            f"{path}: not an ONNX model (no graph or IR version)", hint="is this the right file?"
+        )
+    if not model.graph.output:
+        raise InputError(f"{path}: the graph has no outputs")
+    domains = {o.domain for o in model.opset_import} | set(DEFAULT_DOMAINS)
+    local_functions = {(f.domain, f.name) for f in model.functions}
+    _check_graph(model.graph, set(), domains, local_functions, path)
+
+
+def _check_graph(
+    graph: onnx.GraphProto,
+    outer: set[str],
+    domains: set[str],
+    functions: set[tuple[str, str]],
+    path: Path | str,
+) -> None:
+    known = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.values.name for t in graph.sparse_initializer}
+    produced = {o for n in graph.node for o in n.output if o}
+    available = known | produced
+    for node in graph.node:
+        if node.domain not in domains and (node.domain, node.op_type) not in functions:
+            raise InputError(
+                f"{path}: node '{node.name or node.op_type}' uses operator domain '{node.domain}', "
+                "which the model does not import",
+                hint="the model is incomplete or was edited by hand",
+            )
+        for name in node.input:
+            if name and name not in available:
+                raise InputError(
+                    f"{path}: node '{node.name or node.op_type}' reads '{name}', which nothing "
+                    "in the graph produces",
+                    hint="the model is incomplete or was edited by hand",
+                )
+        for _, body in subgraphs(node):
+            _check_graph(body, available, domains, functions, path)
+    for out in graph.output:
+        if out.name not in available:
+            raise InputError(f"{path}: graph output '{out.name}' is not produced by anything")
+
+
+def save_model_atomic(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+) -> list[Path]:
+    """Write ``model`` to ``path`` so that readers never see a half-written file.
+
+    Everything is first written into a temporary folder beside ``path`` (same file system), then
+    renamed into place, data file before model file. With external data (kept when the input had
+    it, forced past protobuf's 2 GiB limit) the tensors go to ``<name>.data`` beside the model.
+    Returns the files written.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{target}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(
+            f"{target}: output folder {folder} is not writable", hint="choose another -o/--output"
+        )
+    if external_data is None:
+        external_data = uses_external_data(model) or model.ByteSize() > PROTOBUF_LIMIT
+    data_name = target.name + ".data"
+    tmpdir = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
+    try:
+        tmp_model = tmpdir / target.name
+        written = [target]
+        if external_data:
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            if (tmpdir / data_name).exists():
+                os.replace(tmpdir / data_name, folder / data_name)
+                written.insert(0, folder / data_name)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, target)
+        return written
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,385 @@
+"""What every folding rule shares: reason codes, the BatchNormalization side of a fold, the walk
+from a BatchNormalization back to its producer, and the plan a rule returns.
+
+A rule never returns "no" silently: it raises ``Skip`` with a reason code and a sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from bnfold import numerics
+from bnfold.graph import Constant, NotConstant, Scope, attr_is_reference, get_attr, is_op
+
+F64 = numerics.F64
+
+
+class Reason(str, Enum):
+    """Stable codes for what happened to a BatchNormalization (used in --json output)."""
+
+    FOLDED = "folded"
+    TRAINING_MODE = "training_mode"
+    EXTRA_OUTPUTS = "extra_outputs"
+    SPATIAL_MODE = "spatial_mode"
+    NO_PRODUCER = "no_producer"
+    UNSUPPORTED_PRODUCER = "unsupported_producer"
+    SHARED_OUTPUT = "shared_output"
+    GRAPH_OUTPUT = "graph_output"
+    NON_CONSTANT_PARAM = "non_constant_param"
+    NON_CONSTANT_WEIGHT = "non_constant_weight"
+    FUNCTION_ATTRIBUTE = "function_attribute"
+    SHAPE_MISMATCH = "shape_mismatch"
+    NOT_PER_CHANNEL = "not_per_channel"
+    UNKNOWN_RANK = "unknown_rank"
+    UNSUPPORTED_DTYPE = "unsupported_dtype"
+    NON_FINITE = "non_finite"
+
+
+class Skip(Exception):
+    """A BatchNormalization that must not be folded, with the reason."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Defer(Exception):
+    """The pattern touches a node already changed in this pass: look again in the next pass."""
+
+
+def describe(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} -> '{node.output[0]}'"
+
+
+# -- the BatchNormalization side ---------------------------------------------------------------
+
+PARAM_NAMES = ("scale", "B", "input_mean", "input_var")
+
+
+@dataclass
+class BatchNorm:
+    """An inference-mode BatchNormalization with constant parameters, as float64."""
+
+    node: onnx.NodeProto
+    x: str
+    y: str
+    epsilon: float
+    s: F64  # gamma / sqrt(var + eps)
+    mean: F64
+    beta: F64
+    params: tuple[Constant, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.s.shape[0])
+
+
+def _nonempty_outputs(node: onnx.NodeProto) -> int:
+    return sum(1 for o in node.output if o)
+
+
+def check_mode(scope: Scope, node: onnx.NodeProto) -> None:
+    """Raise Skip unless the node normalizes with its running statistics (inference mode)."""
+    opset = scope.opset
+    ref = attr_is_reference(node, ("training_mode", "is_test", "spatial", "epsilon"))
+    if ref:
+        raise Skip(
+            Reason.FUNCTION_ATTRIBUTE,
+            f"its '{ref}' attribute comes from the calling function's attributes",
+        )
+    if opset >= 14 and int(get_attr(node, "training_mode", 0)) != 0:
+        raise Skip(
+            Reason.TRAINING_MODE,
+            "training_mode=1: it normalizes with batch statistics, not running ones",
+        )
+    if opset <= 6 and int(get_attr(node, "is_test", 0)) == 0:
+        raise Skip(
+            Reason.TRAINING_MODE, f"is_test=0 (opset {opset}): it normalizes with batch statistics"
+        )
+    if opset <= 8 and int(get_attr(node, "spatial", 1)) == 0:
+        raise Skip(
+            Reason.SPATIAL_MODE,
+            "spatial=0: its statistics are per (channel, position), not per channel",
+        )
+    extra = _nonempty_outputs(node) - 1
+    if extra > 0:
+        raise Skip(
+            Reason.EXTRA_OUTPUTS,
+            f"it also produces {extra} statistics output(s), which means training-mode "
+            "semantics (batch statistics)",
+        )
+
+
+def read_batchnorm(scope: Scope, node: onnx.NodeProto) -> BatchNorm:
+    """The BatchNormalization's parameters as float64, or Skip with why they cannot be used."""
+    check_mode(scope, node)
+    if len(node.input) < 5 or not node.output or not node.output[0]:
+        raise Skip(
+            Reason.SHAPE_MISMATCH, "it does not have the five inputs BatchNormalization needs"
+        )
+    consts: list[Constant] = []
+    for label, name in zip(PARAM_NAMES, node.input[1:5], strict=True):
+        try:
+            consts.append(scope.constant(name))
+        except NotConstant as exc:
+            message = f"its {label} '{name}' is not a constant: {exc}"
+            raise Skip(Reason.NON_CONSTANT_PARAM, message) from None
+    types = [c.elem_type for c in consts]
+    for label, c, t in zip(PARAM_NAMES, consts, types, strict=True):
+        if t not in numerics.FLOAT_TYPES:
+            raise Skip(
+                Reason.UNSUPPORTED_DTYPE,
+                f"its {label} '{c.name}' is {numerics.dtype_name(t)}, not a float type",
+            )
+    shapes = [c.shape for c in consts]
+    channels = shapes[0][0] if len(shapes[0]) == 1 else -1
+    if any(len(shp) != 1 or shp[0] != channels for shp in shapes):
+        raise Skip(
+            Reason.SHAPE_MISMATCH,
+            "its scale, B, mean and var are not 1-D of one length (shapes "
+            + ", ".join(str(list(s)) for s in shapes)
+            + ")",
+        )
+    gamma, beta, mean, var = (numerics.to_float64_array(c.array()) for c in consts)
+    epsilon = float(np.float32(get_attr(node, "epsilon", 1e-5)))
+    return BatchNorm(
+        node=node,
+        x=node.input[0],
+        y=node.output[0],
+        epsilon=epsilon,
+        s=numerics.bn_scale(gamma, var, epsilon),
+        mean=mean,
+        beta=beta,
+        params=tuple(consts),
+    )
+
+
+def check_dtypes(scope: Scope, bn: BatchNorm, x_type: int) -> None:
+    """BN-15 allows float32 statistics on float16 data; earlier opsets need one type throughout."""
+    if x_type not in numerics.FLOAT_TYPES:
+        raise Skip(
+            Reason.UNSUPPORTED_DTYPE,
+            f"the producer's weight is {numerics.dtype_name(x_type)}, not a float type",
+        )
+    scale_t, b_t, mean_t, var_t = (c.elem_type for c in bn.params)
+    if scope.opset >= 15:
+        legal = scale_t == b_t and mean_t == var_t
+    else:
+        legal = all(t == x_type for t in (scale_t, b_t, mean_t, var_t))
+    if not legal:
+        names = ", ".join(numerics.dtype_name(t) for t in (scale_t, b_t, mean_t, var_t))
+        raise Skip(
+            Reason.UNSUPPORTED_DTYPE,
+            f"its parameter types ({names}) do not fit data of type "
+            f"{numerics.dtype_name(x_type)} at opset {scope.opset}",
+        )
+
+
+# -- from the BatchNormalization back to its producer ------------------------------------------
+
+THROUGH_OPS = ("Identity", "Add")
+
+
+@dataclass
+class Chain:
+    """The producer of a BatchNormalization's input and the nodes in between."""
+
+    producer: onnx.NodeProto
+    through: list[onnx.NodeProto] = field(default_factory=list)  # nearest the BN first
+    adds: list[Constant] = field(default_factory=list)  # the constants of the Add nodes
+
+
+def _check_single_use(scope: Scope, name: str, reader: onnx.NodeProto) -> None:
+    if name in scope.output_set:
+        raise Skip(
+            Reason.GRAPH_OUTPUT,
+            f"'{name}' (before it) is also a graph output, which must keep its value",
+        )
+    if scope.uses(name) != 1:
+        others = [describe(n) for n in scope.consumer_nodes(name) if n is not reader]
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise Skip(
+            Reason.SHARED_OUTPUT,
+            f"'{name}' (before it) is also read by {shown or 'another node'}, which needs "
+            "the unnormalized value",
+        )
+
+
+def walk_chain(
+    scope: Scope,
+    bn: onnx.NodeProto,
+    producer_ops: tuple[str, ...],
+    is_dirty: Callable[[onnx.NodeProto], bool] = lambda node: False,
+) -> Chain:
+    """Follow BN's input back through Identity and constant Add nodes to the layer that makes it.
+
+    Raises Defer on meeting a node that an earlier fold of this pass changed.
+    """
+    through: list[onnx.NodeProto] = []
+    adds: list[Constant] = []
+    name, reader = bn.input[0], bn
+    while True:
+        node = scope.producer_of(name)
+        if node is None:
+            where = (
+                "a graph input"
+                if name in scope.input_set
+                else (
+                    "a constant"
+                    if name in scope.initializers
+                    else "a value from an enclosing graph"
+                )
+            )
+            raise Skip(Reason.NO_PRODUCER, f"its input '{name}' is {where}, not a layer output")
+        if is_dirty(node):
+            raise Defer
+        _check_single_use(scope, name, reader)
+        if is_op(node, "Identity"):
+            through.append(node)
+            name, reader = node.input[0], node
+            continue
+        if is_op(node, "Add") and len(node.input) == 2:
+            const, other = _split_add(scope, node)
+            if const is not None and other is not None:
+                through.append(node)
+                adds.append(const)
+                name, reader = other, node
+                continue
+        if node.domain in ("", "ai.onnx") and node.op_type in producer_ops:
+            return Chain(producer=node, through=through, adds=adds)
+        via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
+        raise Skip(
+            Reason.UNSUPPORTED_PRODUCER,
+            f"it follows {describe(node)}{via}; only Conv, ConvTranspose, Gemm and MatMul "
+            "are folded",
+        )
+
+
+def _split_add(scope: Scope, node: onnx.NodeProto) -> tuple[Constant | None, str | None]:
+    """(constant operand, the other operand's name) of an Add with exactly one constant side."""
+    found: list[Constant | None] = []
+    for name in node.input:
+        try:
+            found.append(scope.constant(name))
+        except NotConstant:
+            found.append(None)
+    if found[0] is None and found[1] is not None:
+        return found[1], node.input[0]
+    if found[1] is None and found[0] is not None:
+        return found[0], node.input[1]
+    return None, None
+
+
+def per_channel(values: npt.NDArray[Any], rank: int, channels: int, what: str) -> F64:
+    """A constant that broadcasts along axis 1 only (ONNX right-aligned rules), as a [C] vector."""
+    shape = tuple(values.shape)
+    if len(shape) > rank:
+        raise Skip(
+            Reason.NOT_PER_CHANNEL,
+            f"{what} has rank {len(shape)}, more than the rank-{rank} tensor it is added to",
+        )
+    aligned = (1,) * (rank - len(shape)) + shape
+    ok = all(d == 1 for i, d in enumerate(aligned) if i != 1) and aligned[1] in (1, channels)
+    if not ok:
+        raise Skip(
+            Reason.NOT_PER_CHANNEL,
+            f"{what} of shape {list(shape)} broadcasts over a rank-{rank} tensor along an "
+            f"axis other than the channel axis 1 (it would need shape [{channels}, "
+            + ", ".join(["1"] * (rank - 2))
+            + "] or a scalar)",
+        )
+    flat = numerics.to_float64_array(values).reshape(-1)
+    return np.broadcast_to(flat, (channels,)).astype(np.float64)
+
+
+def added_bias(chain: Chain, rank: int, channels: int) -> F64:
+    """The sum of the per-channel constants added between the producer and the BN."""
+    total = np.zeros(channels, dtype=np.float64)
+    for const in chain.adds:
+        total = total + per_channel(
+            const.array(), rank, channels, f"the added constant '{const.name}'"
+        )
+    return total
+
+
+def check_channels(bn: BatchNorm, channels: int, producer: onnx.NodeProto) -> None:
+    if bn.channels != channels:
+        raise Skip(
+            Reason.SHAPE_MISMATCH,
+            f"it has {bn.channels} channels but {describe(producer)} produces {channels}",
+        )
+
+
+def rounded(values: F64, elem_type: int, what: str) -> npt.NDArray[Any]:
+    """Round a folded tensor once into its dtype; Skip if that overflows or was already bad."""
+    out = numerics.round_to(values, elem_type)
+    if not numerics.all_finite(out):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out.astype(np.float64))))
+        raise Skip(
+            Reason.NON_FINITE,
+            f"folding would give {bad} non-finite value(s) in the {what} "
+            f"({numerics.dtype_name(elem_type)}), e.g. from a near-zero variance",
+        )
+    return out
+
+
+# -- what a rule returns ---------------------------------------------------------------------
+
+
+@dataclass
+class TensorUpdate:
+    """New contents for one input of the producer (a weight or bias), already rounded."""
+
+    input_index: int
+    values: npt.NDArray[Any]
+    elem_type: int
+    name_hint: str
+
+
+@dataclass
+class FoldPlan:
+    updates: list[TensorUpdate]
+    op_type: str | None = None  # a new op type for the producer (MatMul becomes Gemm)
+    set_attrs: dict[str, Any] = field(default_factory=dict)
+    del_attrs: tuple[str, ...] = ()
+
+
+class RuleContext(Protocol):
+    """What a rule may ask of the engine beyond the scope's own index."""
+
+    def rank(self, scope: Scope, name: str) -> int | None: ...
+
+
+class FoldRule(Protocol):
+    """One producer type: checks the pattern and computes the folded tensors."""
+
+    @property
+    def op_types(self) -> tuple[str, ...]: ...
+
+    def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan: ...
+
+
+def weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) -> Constant:
+    """The producer's constant input ``index``, or Skip(non_constant_weight)."""
+    name = node.input[index] if index < len(node.input) else ""
+    try:
+        return scope.constant(name)
+    except NotConstant as exc:
+        raise Skip(
+            Reason.NON_CONSTANT_WEIGHT,
+            f"{describe(node)} {label} '{name}' is not a constant: {exc}",
+        ) from None
+
+
+def optional_weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) -> Constant | None:
+    if index >= len(node.input) or not node.input[index]:
+        return None
+    return weight(scope, node, index, label)

@@ -1,0 +1,74 @@
+"""MatMul (constant 2-D B) -> [Add(constant)] -> BatchNormalization, on a 2-D output.
+
+BN normalizes axis 1; that is B's column axis only when the MatMul output is 2-D. On a 3-D output
+[batch, seq, features] axis 1 is the sequence axis, which no weight change can express, so the
+rank must be known and equal 2. The result is one Gemm: A @ B' + C'.
+"""
+
+from __future__ import annotations
+
+from bnfold import numerics
+from bnfold.graph import Scope
+from bnfold.rules._base import (
+    BatchNorm,
+    Chain,
+    FoldPlan,
+    Reason,
+    RuleContext,
+    Skip,
+    TensorUpdate,
+    added_bias,
+    check_channels,
+    check_dtypes,
+    describe,
+    rounded,
+    weight,
+)
+
+
+class MatMulBN:
+    op_types: tuple[str, ...] = ("MatMul",)
+
+    def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
+        matmul = chain.producer
+        b = weight(scope, matmul, 1, "B")
+        check_dtypes(scope, bn, b.elem_type)
+        if len(b.shape) != 2:
+            raise Skip(
+                Reason.NOT_PER_CHANNEL,
+                f"{describe(matmul)} B has rank {len(b.shape)}; only a 2-D B has one "
+                "column per channel",
+            )
+        rank = ctx.rank(scope, matmul.output[0]) or ctx.rank(scope, bn.x)
+        if rank is None:
+            a_rank = ctx.rank(scope, matmul.input[0])
+            rank = None if a_rank is None else max(a_rank, 2)
+        if rank is None:
+            raise Skip(
+                Reason.UNKNOWN_RANK,
+                f"the rank of {describe(matmul)}'s output is unknown; BN's channel axis 1 is "
+                "B's column axis only for a 2-D output",
+            )
+        if rank != 2:
+            raise Skip(
+                Reason.NOT_PER_CHANNEL,
+                f"{describe(matmul)} gives a rank-{rank} output: BN normalizes its axis 1, "
+                "not the last (B's column) axis",
+            )
+        channels = b.shape[1]
+        check_channels(bn, channels, matmul)
+        new_b = rounded(numerics.to_float64_array(b.array()) * bn.s[None, :], b.elem_type, "B")
+        bias = added_bias(chain, 2, channels)
+        new_c = rounded(numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), b.elem_type, "C")
+        set_attrs = {"broadcast": 1} if scope.opset <= 6 else {}
+        return FoldPlan(
+            [
+                TensorUpdate(1, new_b, b.elem_type, b.name),
+                TensorUpdate(2, new_c, b.elem_type, f"{matmul.name or b.name}_bias"),
+            ],
+            op_type="Gemm",
+            set_attrs=set_attrs,
+        )
+
+
+RULE = MatMulBN()
