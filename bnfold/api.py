@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
 from bnfold.engine import FoldEngine
-from bnfold.errors import UsageError
-from bnfold.modelio import load_model, save_model_atomic
+from bnfold.errors import UsageError, VerificationFailed
+from bnfold.modelio import load_model, stage_model
 from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule
+
+if TYPE_CHECKING:
+    from bnfold.verify import VerifyReport
 
 
 def fold_model(
@@ -45,20 +48,44 @@ def default_output(path: str | os.PathLike[str]) -> Path:
 
 
 @dataclass(frozen=True)
+class VerifyOptions:
+    """How ``fold_file`` checks the folded model against the original (see ``bnfold.verify``)."""
+
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    inputs: str | os.PathLike[str] | None = None
+    samples: int = 1
+    seed: int = 0
+    rtol: float | None = None
+    atol: float | None = None
+    output_tolerances: Mapping[str, tuple[float | None, float | None]] | None = None
+    timeout: float | None = 600.0
+    require_verified: bool = False
+
+
+#: What happened to one model file: written after a passing check, written with nothing folded,
+#: written unverified (nothing could run it), refused (check failed), or only inspected.
+FileStatus = Literal["folded", "unchanged", "unverified", "verification_failed", "inspected"]
+
+
+@dataclass(frozen=True)
 class FileFoldResult:
-    """What ``fold_file`` did: the report and the files it wrote (none for a dry run)."""
+    """What ``fold_file`` did: the report, the verification and the files it wrote."""
 
     input: Path
     output: Path | None
     report: FoldReport
+    status: FileStatus
+    verification: VerifyReport | None = None
     written: tuple[Path, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "input": str(self.input),
             "output": str(self.output) if self.output else None,
+            "status": self.status,
             "written": [str(p) for p in self.written],
             "report": self.report.to_dict(),
+            "verification": self.verification.to_dict() if self.verification else None,
         }
 
 
@@ -68,27 +95,86 @@ def fold_file(
     *,
     in_place: bool = False,
     write: bool = True,
+    verify: VerifyOptions | None = VerifyOptions(),
+    force: bool = False,
     rules: Sequence[FoldRule] = DEFAULT_RULES,
 ) -> FileFoldResult:
-    """Fold the model file at ``path`` and write it to ``output`` (default ``<stem>.folded.onnx``).
+    """Fold the model file at ``path``, check the result with onnxruntime, and write it.
 
+    The output (default ``<stem>.folded.onnx`` beside the input) is staged beside its destination,
+    verified there against the input file, and only then renamed into place. A failed check
+    raises ``VerificationFailed`` (carrying this result) and writes nothing unless ``force``.
+    ``verify=None`` skips the check; ``write=False`` only reports what would be folded.
     External data is loaded and written back external beside the output. The input file is never
-    modified unless ``in_place``; the output appears atomically or not at all.
+    modified unless ``in_place``.
     """
     src = Path(path)
     dst = src if in_place else Path(output) if output is not None else default_output(src)
-    if not in_place and _same_file(src, dst):
+    if write and not in_place and _same_file(src, dst):
         raise UsageError(
             f"{dst}: output would overwrite the input",
             hint="choose another -o/--output, or pass --in-place",
         )
     model = load_model(src)
-    result = fold_model(model, inplace=True, rules=rules)
-    written: tuple[Path, ...] = ()
-    if write:
-        written = tuple(save_model_atomic(result.model, dst))
-    return FileFoldResult(
-        input=src, output=dst if write else None, report=result.report, written=written
+    report = fold_model(model, inplace=True, rules=rules).report
+    if not write:
+        return FileFoldResult(input=src, output=None, report=report, status="inspected")
+    with stage_model(model, dst) as staged:
+        del model  # the staged file is what gets checked and written; free the weights
+        verification = None
+        status: FileStatus = "folded" if report.changed else "unchanged"
+        if verify is not None and report.changed:
+            verification = _check(src, staged.path, verify)
+            if verification.status == "failed":
+                status = "verification_failed"
+            elif verification.status == "unverified":
+                status = "unverified"
+        refused = status == "verification_failed" or (
+            status == "unverified" and verify is not None and verify.require_verified
+        )
+        result = FileFoldResult(
+            input=src, output=dst, report=report, status=status, verification=verification
+        )
+        if refused and not force:
+            raise VerificationFailed(_refusal(result), result=result)
+        written = tuple(staged.commit())
+    return replace(result, written=written)
+
+
+def _check(original: Path, folded: Path, options: VerifyOptions) -> VerifyReport:
+    from bnfold.verify import verify  # imported only when verifying: keeps --no-verify light
+
+    return verify(
+        original,
+        folded,
+        input_shapes=options.input_shapes,
+        inputs=options.inputs,
+        samples=options.samples,
+        seed=options.seed,
+        rtol=options.rtol,
+        atol=options.atol,
+        output_tolerances=options.output_tolerances,
+        timeout=options.timeout,
+    )
+
+
+def _refusal(result: FileFoldResult) -> str:
+    report = result.verification
+    assert report is not None
+    if report.status == "unverified":
+        return (
+            f"{result.input}: the folded model could not be verified ({report.reason}); "
+            "not written because --require-verified was given"
+        )
+    worst = report.worst(1)
+    detail = ""
+    if worst:
+        w = worst[0]
+        detail = (
+            f": output '{w.name}' max abs error {w.max_abs:.3g} (atol {w.atol:g}, rtol {w.rtol:g})"
+        )
+    return (
+        f"{result.input}: the folded model's outputs differ from the original{detail}; not written"
     )
 
 

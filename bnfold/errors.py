@@ -5,6 +5,8 @@ Anything that is not a ``BnfoldError`` is a bug in bnfold and is shown with a tr
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # verification failed, or `check` found a foldable BatchNormalization
 EXIT_USAGE = 2  # the command line itself is wrong
@@ -44,6 +46,13 @@ class OutputError(BnfoldError):
 
 
 class VerificationFailed(BnfoldError):
-    """The folded model's outputs differ from the original's beyond tolerance (exit 1)."""
+    """The folded model's outputs differ from the original's beyond tolerance (exit 1).
+
+    ``result`` is the ``FileFoldResult`` with the verification report, for rendering.
+    """
 
     exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None, result: Any = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -132,51 +134,92 @@ def _check_graph(
             raise InputError(f"{path}: graph output '{out.name}' is not produced by anything")
 
 
-def save_model_atomic(
+class StagedModel:
+    """A model written into a temporary folder beside its destination, not yet visible there.
+
+    Verification runs on ``path``; ``commit()`` renames the files into place (data file first),
+    so readers of the destination never see a half-written or unverified model.
+    """
+
+    def __init__(self, tmpdir: Path, target: Path, data_name: str | None) -> None:
+        self.tmpdir = tmpdir
+        self.target = target
+        self.data_name = data_name
+
+    @property
+    def path(self) -> Path:
+        return self.tmpdir / self.target.name
+
+    def commit(self) -> list[Path]:
+        """Move the staged files into place; returns the files written."""
+        written = []
+        try:
+            if self.data_name and (self.tmpdir / self.data_name).exists():
+                data_target = self.target.parent / self.data_name
+                os.replace(self.tmpdir / self.data_name, data_target)
+                written.append(data_target)
+            os.replace(self.path, self.target)
+        except OSError as exc:
+            raise OutputError(f"{self.target}: cannot write ({exc.strerror or exc})") from None
+        written.append(self.target)
+        return written
+
+
+@contextmanager
+def stage_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
-) -> list[Path]:
-    """Write ``model`` to ``path`` so that readers never see a half-written file.
+) -> Iterator[StagedModel]:
+    """Write ``model`` into a temporary folder beside ``path``; removed again on exit.
 
-    Everything is first written into a temporary folder beside ``path`` (same file system), then
-    renamed into place, data file before model file. With external data (kept when the input had
-    it, forced past protobuf's 2 GiB limit) the tensors go to ``<name>.data`` beside the model.
-    Returns the files written.
+    With external data (kept when the input had it, forced past protobuf's 2 GiB limit) the
+    tensors go to ``<name>.data`` beside the model.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise OutputError(f"{target}: output folder {folder} does not exist")
+        raise OutputError(
+            f"{target}: output folder {folder} does not exist", hint="create it, or choose another"
+        )
     if not os.access(folder, os.W_OK):
         raise OutputError(
             f"{target}: output folder {folder} is not writable", hint="choose another -o/--output"
         )
     if external_data is None:
         external_data = uses_external_data(model) or model.ByteSize() > PROTOBUF_LIMIT
-    data_name = target.name + ".data"
-    tmpdir = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
     try:
-        tmp_model = tmpdir / target.name
-        written = [target]
-        if external_data:
-            onnx.save_model(
-                model,
-                str(tmp_model),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-            if (tmpdir / data_name).exists():
-                os.replace(tmpdir / data_name, folder / data_name)
-                written.insert(0, folder / data_name)
-        else:
-            onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, target)
-        return written
+        tmpdir = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
     except OSError as exc:
         raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    try:
+        staged = StagedModel(tmpdir, target, target.name + ".data" if external_data else None)
+        try:
+            if staged.data_name:
+                onnx.save_model(
+                    model,
+                    str(staged.path),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=staged.data_name,
+                    size_threshold=1024,
+                )
+            else:
+                onnx.save_model(model, str(staged.path))
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        yield staged
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def save_model_atomic(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+) -> list[Path]:
+    """Write ``model`` to ``path`` so that readers never see a half-written file."""
+    with stage_model(model, path, external_data=external_data) as staged:
+        return staged.commit()
