@@ -7,9 +7,10 @@ the exit code it earns; the batch exits with the worst of them.
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +50,7 @@ class Outcome:
     result: FileFoldResult | None = None
     error: str | None = None
     error_type: str | None = None
+    trace: str | None = field(default=None, repr=False)  # for --debug; not part of the JSON
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"input": str(self.input), "status": self.status}
@@ -140,7 +142,15 @@ def run_task(
             "VerificationFailed",
         )
     except BnfoldError as exc:
-        return Outcome(task.input, "error", exc.exit_code, None, str(exc), type(exc).__name__)
+        return Outcome(
+            task.input,
+            "error",
+            exc.exit_code,
+            None,
+            str(exc),
+            type(exc).__name__,
+            traceback.format_exc(),
+        )
     if mode == "check":
         foldable = result.report.folded > 0
         return Outcome(

@@ -62,6 +62,8 @@ class _Ui:
     def __init__(self, *, quiet: bool = False, debug: bool = False) -> None:
         no_color = bool(os.environ.get("NO_COLOR"))
         self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+        if not self.err.is_terminal:
+            self.err.width = 160  # logs and pipes: do not squeeze tables to 80 columns
         self.quiet = quiet
         self.debug = debug
 
@@ -76,11 +78,12 @@ class _Ui:
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/yellow] {escape(text)}")
 
-    def error(self, text: str) -> None:
+    def error(self, text: str, trace: str | None = None) -> None:
         if self.debug:
-            exc = sys.exc_info()[1]
-            if exc is not None:
-                self.err.print(traceback.format_exc(), markup=False)
+            if trace is None and sys.exc_info()[1] is not None:
+                trace = traceback.format_exc()
+            if trace:
+                self.err.print(trace, markup=False)
         self.err.print(f"[red]error:[/red] {escape(text)}")
 
     @staticmethod
@@ -227,7 +230,7 @@ def _summary(report: FoldReport, verb: str = "folded") -> str:
 
 
 def _verification_line(v: VerifyReport) -> str:
-    worst = max(v.outputs, key=lambda o: o.max_abs, default=None)
+    worst = next(iter(v.worst(1)), None)
     where = f"{v.backend}, {v.samples} sample{'s' if v.samples != 1 else ''}"
     if v.status == "unverified":
         return f"[yellow]unverified[/yellow]: {escape(v.reason or '')}"
@@ -345,7 +348,7 @@ def _run(
     code = exit_code(outcomes)
     for o in outcomes:
         if o.error is not None:
-            ui.error(o.error)
+            ui.error(o.error, o.trace)
         elif o.status == "unverified" and o.result and o.result.verification:
             ui.warn(f"{o.input}: written unverified: {o.result.verification.reason}")
     if as_json:

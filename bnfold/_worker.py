@@ -1,0 +1,243 @@
+"""The child process of ``bnfold.verify``: run two models on the same inputs, compare outputs.
+
+    python -m bnfold._worker REQUEST.json RESULT.json
+
+Runs in its own process so that a crash of onnxruntime (a segfault on a legal model) cannot take
+bnfold down. RESULT.json holds {"status": "ok", ...} with the comparisons, "backend_error" when
+the backend cannot run the models (the parent then tries the next backend), or "user_error" when
+the request does not fit the models (bad --input-shape or --inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from bnfold.errors import BnfoldError, UsageError
+from bnfold.inputs import InputSpec, make_feeds, output_names
+from bnfold.verify import OutputComparison, compare_arrays, merge, tolerances_for
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class BackendError(Exception):
+    """The backend cannot load or run a model."""
+
+
+# -- onnxruntime --------------------------------------------------------------------------------
+
+_ORT_TYPES = {
+    "tensor(float)": onnx.TensorProto.FLOAT,
+    "tensor(float16)": onnx.TensorProto.FLOAT16,
+    "tensor(bfloat16)": onnx.TensorProto.BFLOAT16,
+    "tensor(double)": onnx.TensorProto.DOUBLE,
+    "tensor(int8)": onnx.TensorProto.INT8,
+    "tensor(int16)": onnx.TensorProto.INT16,
+    "tensor(int32)": onnx.TensorProto.INT32,
+    "tensor(int64)": onnx.TensorProto.INT64,
+    "tensor(uint8)": onnx.TensorProto.UINT8,
+    "tensor(uint16)": onnx.TensorProto.UINT16,
+    "tensor(uint32)": onnx.TensorProto.UINT32,
+    "tensor(uint64)": onnx.TensorProto.UINT64,
+    "tensor(bool)": onnx.TensorProto.BOOL,
+    "tensor(string)": onnx.TensorProto.STRING,
+}
+
+
+def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
+    """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for every failure
+        raise BackendError(_first_line(exc)) from None
+    specs = []
+    for i in session.get_inputs():
+        if i.type not in _ORT_TYPES:
+            raise BackendError(f"input '{i.name}' has type {i.type}, which bnfold cannot feed")
+        shape = tuple(d if isinstance(d, int) else (d or None) for d in i.shape)
+        specs.append(InputSpec(i.name, _ORT_TYPES[i.type], shape))
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return list(session.run(None, feed))
+        except Exception as exc:
+            raise BackendError(_first_line(exc)) from None
+
+    return specs, outputs, run
+
+
+# -- onnx.reference -----------------------------------------------------------------------------
+
+
+def _batchnorm_op() -> type:
+    """BatchNormalization for the reference evaluator that honours inference mode.
+
+    onnx 1.23's reference implementation for opsets 9-13 normalizes with batch statistics; a
+    model in inference mode must use the running mean and variance it stores.
+    """
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(  # type: ignore[no-untyped-def]
+            self,
+            x,
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon=None,
+            momentum=None,
+            spatial=None,
+            is_test=None,
+            training_mode=None,
+            consumed_inputs=None,
+        ):
+            eps = 1e-5 if epsilon is None else epsilon
+            training = bool(training_mode) or (is_test is not None and not is_test)
+            axes = (0, *range(2, x.ndim))
+
+            def per_channel(p: np.ndarray) -> np.ndarray:
+                return np.reshape(p, (1, *p.shape) + (1,) * (x.ndim - 1 - p.ndim))
+
+            if training:
+                m, v = x.mean(axis=axes), x.var(axis=axes)
+            else:
+                m, v = mean, var
+            y = (x - per_channel(m)) / np.sqrt(per_channel(v) + eps)
+            y = (y * per_channel(scale) + per_channel(bias)).astype(x.dtype)
+            if not training or len(self.output) == 1:
+                return (y,)
+            mom = 0.9 if momentum is None else momentum
+            run_mean = (mean * mom + m * (1 - mom)).astype(mean.dtype)
+            run_var = (var * mom + v * (1 - mom)).astype(var.dtype)
+            return (y, run_mean, run_var)[: len(self.output)]
+
+    return BatchNormalization
+
+
+def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
+    from onnx.reference import ReferenceEvaluator
+
+    from bnfold.inputs import input_specs
+
+    try:
+        model = onnx.load(path)
+        evaluator = ReferenceEvaluator(model, new_ops=[_batchnorm_op()])
+    except Exception as exc:  # the reference evaluator raises anything for unsupported models
+        raise BackendError(_first_line(exc)) from None
+    outputs = output_names(model)
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return [np.asarray(r) for r in evaluator.run(None, feed)]
+        except Exception as exc:
+            raise BackendError(_first_line(exc)) from None
+
+    return input_specs(model), outputs, run
+
+
+# -- the comparison -----------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:400]
+
+
+def _same_interface(
+    a: Sequence[InputSpec], b: Sequence[InputSpec], oa: list[str], ob: list[str]
+) -> None:
+    da = {s.name: s.elem_type for s in a}
+    db = {s.name: s.elem_type for s in b}
+    if da != db:
+        raise UsageError(
+            f"the two models have different inputs: {sorted(da.items())} vs {sorted(db.items())}",
+            hint="verify compares models with the same inputs and outputs",
+        )
+    if sorted(oa) != sorted(ob):
+        raise UsageError(
+            f"the two models have different outputs: {sorted(oa)} vs {sorted(ob)}",
+            hint="verify compares models with the same inputs and outputs",
+        )
+
+
+def run_request(request: dict[str, Any]) -> dict[str, Any]:
+    load = ort_model if request["backend"] == "onnxruntime" else reference_model
+    specs, outputs, run_a = load(request["original"])
+    specs_b, outputs_b, run_b = load(request["candidate"])
+    _same_interface(specs, specs_b, outputs, outputs_b)
+    feeds, shapes, notes = make_feeds(
+        specs,
+        input_shapes=request["input_shapes"] or None,
+        inputs=request["inputs"],
+        samples=request["samples"],
+        seed=request["seed"],
+    )
+    merged: dict[str, OutputComparison] = {}
+    for feed in feeds:
+        try:
+            got_a = dict(zip(outputs, run_a(feed), strict=True))
+        except BackendError as exc:
+            if notes:
+                raise BackendError(f"{exc} [{'; '.join(notes)}]") from None
+            raise
+        got_b = dict(zip(outputs_b, run_b(feed), strict=True))
+        for name in outputs:
+            a, b = np.asarray(got_a[name]), np.asarray(got_b[name])
+            rtol, atol = tolerances_for(
+                name, str(a.dtype), request["rtol"], request["atol"], request["output_tolerances"]
+            )
+            c = compare_arrays(name, a, b, rtol, atol)
+            merged[name] = merge(merged[name], c) if name in merged else c
+    return {
+        "status": "ok",
+        "backend": request["backend"],
+        "outputs": [asdict(merged[n]) for n in outputs],
+        "input_shapes": {k: list(v) for k, v in shapes.items()},
+        "notes": notes,
+    }
+
+
+def main(argv: Sequence[str]) -> int:
+    request_path, result_path = argv
+    request = json.loads(Path(request_path).read_text())
+    try:
+        result = run_request(request)
+    except BackendError as exc:
+        result = {"status": "backend_error", "message": str(exc)}
+    except BnfoldError as exc:
+        result = {
+            "status": "user_error",
+            "type": type(exc).__name__,
+            "message": exc.message,
+            "hint": exc.hint,
+        }
+    except Exception as exc:  # a bug or an unexpected failure: report it, do not hide it
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        result = {
+            "status": "backend_error",
+            "message": f"{type(exc).__name__}: {_first_line(exc)} ({tb})",
+        }
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
