@@ -177,7 +177,8 @@ def compare_arrays(
     got = candidate.astype(np.float64)
     nan_ref, nan_got = np.isnan(ref), np.isnan(got)
     same = (ref == got) | (nan_ref & nan_got)  # also equal infinities
-    diff = np.where(same, 0.0, np.abs(got - ref))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(got - ref))
     diff = np.where(nan_ref ^ nan_got, np.inf, diff)
     mag = np.abs(np.where(nan_ref, 0.0, ref))
     finite = mag[np.isfinite(mag)]

@@ -42,7 +42,12 @@ def make_model(
     name: str = "test",
 ) -> onnx.ModelProto:
     graph = helper.make_graph(
-        list(nodes), name, list(inputs), list(outputs), list(initializers), value_info=list(value_info)
+        list(nodes),
+        name,
+        list(inputs),
+        list(outputs),
+        list(initializers),
+        value_info=list(value_info),
     )
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in extra_opsets]
     model = helper.make_model(graph, opset_imports=opsets, functions=list(functions))

@@ -40,7 +40,10 @@ def conv_bn_model(seed: int = 0, *, foldable: bool = True) -> onnx.ModelProto:
     inits += bn_initializers("bn2", bn_params(rng, 4 if foldable else 3))
     c = 4 if foldable else 3
     return make_model(
-        nodes, [vinfo("x", TensorProto.FLOAT, ["N", 3, 8, 8])], [vinfo("y", 1, ["N", c, 8, 8])], inits
+        nodes,
+        [vinfo("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [vinfo("y", 1, ["N", c, 8, 8])],
+        inits,
     )
 
 
@@ -191,7 +194,7 @@ def test_verify_command_passes_and_fails(model: Path, tmp_path: Path) -> None:
     w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
     bad_path = tmp_path / "bad.onnx"
     onnx.save(bad, bad_path)
-    code, out, err = invoke("verify", str(model), str(bad_path), "--json")
+    code, out, _ = invoke("verify", str(model), str(bad_path), "--json")
     assert code == 1
     v = json.loads(out)["verification"]
     assert v["status"] == "failed" and not v["outputs"][0]["passed"]
@@ -359,7 +362,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
 
     undefined = conv_bn_model()
     undefined.graph.node[0].input[1] = "nowhere"
-    add("undefined", "undefined.onnx", undefined.SerializeToString(), "nothing in the graph produces")
+    add(
+        "undefined",
+        "undefined.onnx",
+        undefined.SerializeToString(),
+        "nothing in the graph produces",
+    )
     domain = conv_bn_model()
     domain.graph.node[2].domain = "com.unknown"
     add("domain", "domain.onnx", domain.SerializeToString(), "com.unknown")
@@ -398,9 +406,7 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 def test_missing_external_data(tmp_path: Path) -> None:
     m = conv_bn_model()
     path = tmp_path / "ext.onnx"
-    onnx.save_model(
-        m, path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0
-    )
+    onnx.save_model(m, path, save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
     (tmp_path / "ext.onnx.data").unlink()
     code, _, err = invoke(str(path))
     assert code == 3 and "ext.onnx.data" in err and "missing" in err
