@@ -67,14 +67,16 @@ class Builder:
         gamma = rng.uniform(0.2, 1.2, c) * np.where(rng.random(c) < 0.15, -1.0, 1.0)
         if c >= 8:
             gamma[rng.choice(c, 1)] = 1e-4
-        # keep activations O(1): a tiny variance with gamma ~1 would amplify by 300x
-        gamma = gamma * np.minimum(1.0, np.sqrt(var + EPS) * 3.0)
+        # keep the network well conditioned, as trained ones are: the statistics here are not
+        # those of the activations, so cap each channel's gain gamma/sqrt(var + eps) at 1
+        gamma = gamma * np.minimum(1.0, np.sqrt(var + EPS))
         mean = rng.normal(0, 0.5, c)
         beta = rng.normal(0, 0.2, c)
         return {"scale": gamma, "B": beta, "mean": mean, "var": var}
 
-    def bn(self, x: str, c: int, *, scale_input: bool = False) -> str:
+    def bn(self, x: str, c: int, *, scale_input: bool = False, gain: float = 1.0) -> str:
         s = self.bn_stats(c)
+        s["scale"] = s["scale"] * gain
         names = [self.const(f"bn_{k}", v.astype(np.float32)) for k, v in s.items()]
         if scale_input:
             self.overridable.append(names[0])
@@ -212,7 +214,7 @@ def build_resnet50() -> onnx.ModelProto:
             cout = width * 4
             y = b.cbr(x, cin, width, 1)
             y = b.cbr(y, width, width, 3, stride=stride)
-            y = b.bn(b.conv(y, width, cout, 1), cout)
+            y = b.bn(b.conv(y, width, cout, 1), cout, gain=0.3)  # small residual branch
             short = b.bn(b.conv(x, cin, cout, 1, stride=stride), cout) if i == 0 else x
             x = b.node("Relu", [b.node("Add", [y, short])])
             cin = cout
@@ -255,7 +257,7 @@ def build_mobilenetv2() -> onnx.ModelProto:
             hidden = cin * t
             y = cbr6(x, cin, hidden, 1) if t != 1 else x
             y = cbr6(y, hidden, hidden, 3, stride, group=hidden)
-            y = b.bn(b.conv(y, hidden, c, 1), c)
+            y = b.bn(b.conv(y, hidden, c, 1), c, gain=0.3)
             x = b.node("Add", [x, y]) if stride == 1 and cin == c else y
             cin = c
     x = cbr6(x, cin, 1280, 1)
