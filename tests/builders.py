@@ -25,6 +25,7 @@ def tensor(name: str, array: np.ndarray) -> TensorProto:
 
 
 def vinfo(name: str, elem_type: int, shape: Sequence[Dim] | None) -> onnx.ValueInfoProto:
+    """A typed value; shape None means unknown rank (legal, though the checker wants a shape)."""
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
