@@ -56,7 +56,15 @@ def _float64_to_bfloat16(values: F64) -> npt.NDArray[Any]:
 
 
 def round_to(values: F64, elem_type: int) -> npt.NDArray[Any]:
-    """Round float64 values once into the numpy dtype that stores ONNX ``elem_type``."""
+    """Round float64 values once into the numpy dtype that stores ONNX ``elem_type``.
+
+    Overflow gives inf silently: callers check ``all_finite`` and skip with a reason.
+    """
+    with np.errstate(over="ignore"):
+        return _round_to(values, elem_type)
+
+
+def _round_to(values: F64, elem_type: int) -> npt.NDArray[Any]:
     if elem_type == TensorProto.DOUBLE:
         return np.asarray(values, dtype=np.float64)
     if elem_type == TensorProto.FLOAT:
