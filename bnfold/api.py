@@ -12,7 +12,7 @@ import onnx
 
 from bnfold.engine import FoldEngine
 from bnfold.errors import UsageError, VerificationFailed
-from bnfold.modelio import load_model, stage_model
+from bnfold.modelio import read_model, stage_model
 from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule
 
@@ -115,11 +115,11 @@ def fold_file(
             f"{dst}: output would overwrite the input",
             hint="choose another -o/--output, or pass --in-place",
         )
-    model = load_model(src)
+    model, external = read_model(src)
     report = fold_model(model, inplace=True, rules=rules).report
     if not write:
         return FileFoldResult(input=src, output=None, report=report, status="inspected")
-    with stage_model(model, dst) as staged:
+    with stage_model(model, dst, external_data=external or None) as staged:
         del model  # the staged file is what gets checked and written; free the weights
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"

@@ -40,6 +40,13 @@ def _all_initializers(graph: onnx.GraphProto) -> list[TensorProto]:
 
 def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
     """Parse a model file (and its external data) or raise InputError saying what is wrong."""
+    return read_model(path, load_external_data=load_external_data)[0]
+
+
+def read_model(
+    path: str | os.PathLike[str], *, load_external_data: bool = True
+) -> tuple[onnx.ModelProto, bool]:
+    """Like ``load_model``, also saying whether the file kept tensors in external data."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file", hint="check the path")
@@ -55,13 +62,14 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
             hint="is the file truncated or of another format?",
         ) from None
     check_structure(model, p)
-    if load_external_data and uses_external_data(model):
+    external = uses_external_data(model)
+    if load_external_data and external:
         _check_external_files(model, p)
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise InputError(f"{p}: cannot read its external data ({_first_line(exc)})") from None
-    return model
+    return model, external
 
 
 def _first_line(exc: BaseException) -> str:
