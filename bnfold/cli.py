@@ -360,6 +360,23 @@ def _run(
     return code
 
 
+def _command_error(ui: _Ui, command: str, exc: BnfoldError, as_json: bool) -> typer.Exit:
+    """An error before any model ran (bad option, empty folder): one line, and JSON if asked."""
+    ui.error(str(exc))
+    if as_json:
+        ui.emit_json(
+            {
+                "bnfold": __version__,
+                "command": command,
+                "exit_code": exc.exit_code,
+                "error": {"type": type(exc).__name__, "message": str(exc)},
+                "summary": None,
+                "models": [],
+            }
+        )
+    return typer.Exit(exc.exit_code)
+
+
 def _render_one(o: Outcome, mode: Mode, ui: _Ui) -> None:
     if o.result is None:
         return
@@ -457,8 +474,7 @@ def fold_cmd(
             jobs=jobs,
         )
     except BnfoldError as exc:
-        ui.error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
+        raise _command_error(ui, "fold", exc, as_json) from None
     raise typer.Exit(code)
 
 
@@ -474,8 +490,7 @@ def inspect_cmd(
     try:
         code = _run("inspect", models, ui, as_json=as_json)
     except BnfoldError as exc:
-        ui.error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
+        raise _command_error(ui, "inspect", exc, as_json) from None
     raise typer.Exit(code)
 
 
@@ -491,8 +506,7 @@ def check_cmd(
     try:
         code = _run("check", models, ui, as_json=as_json)
     except BnfoldError as exc:
-        ui.error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
+        raise _command_error(ui, "check", exc, as_json) from None
     raise typer.Exit(code)
 
 

@@ -460,3 +460,11 @@ def test_python_m_bnfold_version_and_exit_codes(model: Path) -> None:
         [sys.executable, "-m", "bnfold", str(model), "--bogus"], capture_output=True, text=True
     )
     assert run.returncode == 2
+
+
+def test_json_document_also_for_command_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out, err = invoke("check", str(tmp_path / "empty"), "--json")
+    assert code == 3 and "no .onnx models" in err
+    doc = json.loads(out)
+    assert doc["exit_code"] == 3 and doc["models"] == [] and doc["error"]["type"] == "InputError"
