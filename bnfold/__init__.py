@@ -1,22 +1,19 @@
 """bnfold: fold BatchNormalization into the layer before it, and prove the model is unchanged.
 
 Public API: ``fold_model``, ``fold_file``, ``verify`` and the result types. onnxruntime is only
-imported when something is actually run (verification, benchmarks).
+imported when something is actually run (verification runs it in a child process). The
+verification code lives in ``bnfold.verification`` so that ``bnfold.verify`` is always the function.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from bnfold.api import FileFoldResult, default_output, fold_file, fold_model
 from bnfold.errors import BnfoldError, InputError, OutputError, UsageError, VerificationFailed
 from bnfold.report import BNDecision, FoldReport, FoldResult
 from bnfold.rules import Reason
+from bnfold.verification import OutputComparison, VerifyReport, verify
 
 __version__ = "0.1.0"
-
-if TYPE_CHECKING:
-    from bnfold.verify import VerifyReport, verify
 
 __all__ = [
     "BNDecision",
@@ -25,6 +22,7 @@ __all__ = [
     "FoldReport",
     "FoldResult",
     "InputError",
+    "OutputComparison",
     "OutputError",
     "Reason",
     "UsageError",
@@ -36,12 +34,3 @@ __all__ = [
     "fold_model",
     "verify",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # verify pulls in the input generators; keep `import bnfold` light.
-    if name in ("verify", "VerifyReport"):
-        from bnfold import verify as _verify_module
-
-        return getattr(_verify_module, name)
-    raise AttributeError(f"module 'bnfold' has no attribute {name!r}")

@@ -23,7 +23,7 @@ import onnx
 
 from bnfold.errors import BnfoldError, UsageError
 from bnfold.inputs import InputSpec, make_feeds, output_names
-from bnfold.verify import OutputComparison, compare_arrays, merge, tolerances_for
+from bnfold.verification import OutputComparison, compare_arrays, merge, tolerances_for
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 

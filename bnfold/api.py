@@ -17,7 +17,7 @@ from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule
 
 if TYPE_CHECKING:
-    from bnfold.verify import VerifyReport
+    from bnfold.verification import VerifyReport
 
 
 def fold_model(
@@ -142,7 +142,7 @@ def fold_file(
 
 
 def _check(original: Path, folded: Path, options: VerifyOptions) -> VerifyReport:
-    from bnfold.verify import verify  # imported only when verifying: keeps --no-verify light
+    from bnfold.verification import verify  # imported only when verifying: keeps --no-verify light
 
     return verify(
         original,

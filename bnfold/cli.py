@@ -29,7 +29,7 @@ from bnfold.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, BnfoldError, UsageEr
 from bnfold.report import FoldReport
 
 if TYPE_CHECKING:
-    from bnfold.verify import VerifyReport
+    from bnfold.verification import VerifyReport
 
 COMMANDS = ("fold", "inspect", "check", "verify", "bench")
 
@@ -533,7 +533,7 @@ def verify_cmd(
     """
     ui = _Ui(quiet=quiet, debug=debug)
     try:
-        from bnfold.verify import verify
+        from bnfold.verification import verify
 
         opts = _verify_options(
             input_shape, inputs, samples, seed, rtol, atol, output_tolerance, timeout

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold import fold_model
 from bnfold.errors import UsageError
-from bnfold.verify import VerifyReport, compare_arrays, verify
+from bnfold.verification import VerifyReport, compare_arrays, verify
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 
 C = 6
@@ -297,3 +297,17 @@ def test_compare_integers_exact() -> None:
     b[0] = 2
     c = compare_arrays("i", a, b, 0, 0)
     assert not c.passed and c.mismatched == 1 and c.max_abs == 1.0
+
+
+def test_public_verify_is_the_function_and_import_stays_light() -> None:
+    """``bnfold.verify`` is the documented function; importing bnfold never loads onnxruntime."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bnfold, bnfold.verification\n"
+        "assert callable(bnfold.verify) and bnfold.verify is bnfold.verification.verify\n"
+        "assert 'onnxruntime' not in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
