@@ -6,18 +6,17 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import onnx
 
+from bnfold import verification
 from bnfold.engine import FoldEngine
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.modelio import read_model, stage_model
 from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule
-
-if TYPE_CHECKING:
-    from bnfold.verification import VerifyReport
+from bnfold.verification import VerifyReport
 
 
 def fold_model(
@@ -124,7 +123,7 @@ def fold_file(
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"
         if verify is not None and report.changed:
-            verification = _check(src, staged.path, verify)
+            verification = verify_with(src, staged.path, verify)
             if verification.status == "failed":
                 status = "verification_failed"
             elif verification.status == "unverified":
@@ -141,12 +140,13 @@ def fold_file(
     return replace(result, written=written)
 
 
-def _check(original: Path, folded: Path, options: VerifyOptions) -> VerifyReport:
-    from bnfold.verification import verify  # imported only when verifying: keeps --no-verify light
-
-    return verify(
+def verify_with(
+    original: str | os.PathLike[str], candidate: str | os.PathLike[str], options: VerifyOptions
+) -> VerifyReport:
+    """``bnfold.verify`` with the settings held in ``options``."""
+    return verification.verify(
         original,
-        folded,
+        candidate,
         input_shapes=options.input_shapes,
         inputs=options.inputs,
         samples=options.samples,

@@ -23,7 +23,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from bnfold import __version__
-from bnfold.api import VerifyOptions
+from bnfold.api import VerifyOptions, verify_with
 from bnfold.batch import Mode, Outcome, collect_tasks, exit_code, run_tasks
 from bnfold.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, BnfoldError, UsageError
 from bnfold.report import FoldReport
@@ -478,6 +478,16 @@ def fold_cmd(
     raise typer.Exit(code)
 
 
+def _report_only(mode: Mode, models: list[Path], as_json: bool, quiet: bool, debug: bool) -> None:
+    """``inspect`` and ``check``: fold in memory, report, write nothing."""
+    ui = _Ui(quiet=quiet, debug=debug)
+    try:
+        code = _run(mode, models, ui, as_json=as_json)
+    except BnfoldError as exc:
+        raise _command_error(ui, mode, exc, as_json) from None
+    raise typer.Exit(code)
+
+
 @app.command("inspect")
 def inspect_cmd(
     models: list[Path] = MODELS_ARG,
@@ -486,12 +496,7 @@ def inspect_cmd(
     debug: bool = DEBUG_OPT,
 ) -> None:
     """Show every BatchNormalization, whether it would fold and why not. Writes nothing."""
-    ui = _Ui(quiet=quiet, debug=debug)
-    try:
-        code = _run("inspect", models, ui, as_json=as_json)
-    except BnfoldError as exc:
-        raise _command_error(ui, "inspect", exc, as_json) from None
-    raise typer.Exit(code)
+    _report_only("inspect", models, as_json, quiet, debug)
 
 
 @app.command("check")
@@ -502,12 +507,7 @@ def check_cmd(
     debug: bool = DEBUG_OPT,
 ) -> None:
     """Exit 1 if a MODEL still has a foldable BatchNormalization (a CI gate). Writes nothing."""
-    ui = _Ui(quiet=quiet, debug=debug)
-    try:
-        code = _run("check", models, ui, as_json=as_json)
-    except BnfoldError as exc:
-        raise _command_error(ui, "check", exc, as_json) from None
-    raise typer.Exit(code)
+    _report_only("check", models, as_json, quiet, debug)
 
 
 @app.command("verify")
@@ -533,23 +533,10 @@ def verify_cmd(
     """
     ui = _Ui(quiet=quiet, debug=debug)
     try:
-        from bnfold.verification import verify
-
         opts = _verify_options(
             input_shape, inputs, samples, seed, rtol, atol, output_tolerance, timeout
         )
-        report = verify(
-            original,
-            candidate,
-            input_shapes=opts.input_shapes,
-            inputs=opts.inputs,
-            samples=opts.samples,
-            seed=opts.seed,
-            rtol=opts.rtol,
-            atol=opts.atol,
-            output_tolerances=opts.output_tolerances,
-            timeout=opts.timeout,
-        )
+        report = verify_with(original, candidate, opts)
     except BnfoldError as exc:
         ui.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
