@@ -24,17 +24,19 @@ def fold_model(
     *,
     inplace: bool = False,
     rules: Sequence[FoldRule] = DEFAULT_RULES,
+    base_dir: str | os.PathLike[str] | None = None,
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of ``model`` into the layer before it.
 
-    The model must hold its weights in memory (load external data first, or use ``fold_file``).
-    Unless ``inplace``, the given model is left untouched and a folded copy is returned.
+    Tensors left in external data files are read from ``base_dir`` (the model file's folder)
+    when a fold needs them; folded tensors are then held in the model. Unless ``inplace``, the
+    given model is left untouched and a folded copy is returned.
     """
     if not inplace:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
-    report = FoldEngine(model, rules).run()
+    report = FoldEngine(model, rules, base_dir=base_dir).run()
     return FoldResult(model=model, report=report)
 
 
@@ -114,11 +116,13 @@ def fold_file(
             f"{dst}: output would overwrite the input",
             hint="choose another -o/--output, or pass --in-place",
         )
-    model, external = read_model(src)
-    report = fold_model(model, inplace=True, rules=rules).report
+    # Weights stay on disk (inline or external): folds read what they change, the writer copies
+    # the rest from file to file.
+    model, external = read_model(src, load_external_data=False, lazy=True)
+    report = fold_model(model, inplace=True, rules=rules, base_dir=src.parent).report
     if not write:
         return FileFoldResult(input=src, output=None, report=report, status="inspected")
-    with stage_model(model, dst, external_data=external or None) as staged:
+    with stage_model(model, dst, external_data=external or None, source_dir=src.parent) as staged:
         del model  # the staged file is what gets checked and written; free the weights
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"

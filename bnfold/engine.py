@@ -7,6 +7,7 @@ Afterwards only what the folds made unused is removed.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -102,7 +103,11 @@ def _weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     dst.value_info.extend(src.value_info)
     declared = {vi.name for vi in src.input}
     for t in src.initializer:
-        if len(t.raw_data) > 4096 or len(t.float_data) > 1024:
+        if (
+            t.data_location == onnx.TensorProto.EXTERNAL
+            or len(t.raw_data) > 4096
+            or len(t.float_data) > 1024
+        ):
             if t.name not in declared:
                 dst.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
@@ -134,8 +139,15 @@ def _safe_name(base: str) -> str:
 class FoldEngine:
     """Folds every foldable BatchNormalization of one model, in place."""
 
-    def __init__(self, model: onnx.ModelProto, rules: Sequence[FoldRule] = DEFAULT_RULES) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        rules: Sequence[FoldRule] = DEFAULT_RULES,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.model = model
+        self.base_dir = base_dir
         self.rules = {op: rule for rule in rules for op in rule.op_types}
         self.ranks = _Ranks(model)
         self.decisions: dict[tuple[str, str], BNDecision] = {}
@@ -150,7 +162,7 @@ class FoldEngine:
         nodes_before = count_nodes(self.model)
         changed = False
         for _ in range(MAX_PASSES):
-            index = ModelIndex(self.model)
+            index = ModelIndex(self.model, self.base_dir)
             if self.names is None:
                 self.names = NameAllocator(index.all_names())
             folded = self._pass(index)
@@ -276,15 +288,13 @@ class FoldEngine:
         if old:
             const = scope.constant(old)
             if scope.is_exclusive(const, node):
-                tensor = numerics.make_tensor(old, update.values, update.elem_type)
-                if const.node is not None:
+                if const.tensor is not None and const.node is None:
+                    numerics.store(const.tensor, update.values, update.elem_type)
+                else:
+                    assert const.node is not None
+                    tensor = numerics.make_tensor(old, update.values, update.elem_type)
                     del const.node.attribute[:]
                     const.node.attribute.append(helper.make_attribute("value", tensor))
-                else:
-                    assert const.tensor is not None
-                    doc = const.tensor.doc_string
-                    const.tensor.CopyFrom(tensor)
-                    const.tensor.doc_string = doc
                 return
             self.released.constants[(const.scope.path, old)] = None
         name = self.names.new(_safe_name(update.name_hint) + SUFFIX)

@@ -7,8 +7,10 @@ scopes: a node whose body reads an outer name consumes that name, as onnxruntime
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from bnfold.errors import InputError
+from bnfold.writer import read_external
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -89,17 +92,51 @@ class Constant:
         """The value as numpy, read once."""
         if self._array is None:
             if self.tensor is not None:
-                if self.tensor.data_location == TensorProto.EXTERNAL and not self.tensor.raw_data:
-                    raise InputError(
-                        f"tensor '{self.name}' keeps its data in an external file that was not "
-                        "loaded",
-                        hint="load the model with its external data (bnfold.fold_file does)",
-                    )
-                self._array = numpy_helper.to_array(self.tensor)
+                if self.tensor.data_location == TensorProto.EXTERNAL:
+                    self._array = self._read_external(self.tensor)
+                else:
+                    self._array = numpy_helper.to_array(self.tensor)
             else:
                 assert self.node is not None
                 self._array = _constant_node_value(self.node)
         return self._array
+
+    def _read_external(self, tensor: TensorProto) -> npt.NDArray[Any]:
+        """Read just this tensor from the external data file it points at."""
+        base_dir = self.scope.base_dir
+        if base_dir is None:
+            raise InputError(
+                f"tensor '{self.name}' keeps its data in an external file that was not loaded",
+                hint="load the model with its external data (bnfold.fold_file does)",
+            )
+        try:
+            raw = read_external(tensor, base_dir)
+        except OSError as exc:
+            raise InputError(
+                f"tensor '{self.name}': cannot read its external data ({exc})"
+            ) from None
+        dims = tuple(int(d) for d in tensor.dims)
+        dtype = _PLAIN_DTYPES.get(tensor.data_type)
+        if dtype is not None and len(raw) == dtype.itemsize * int(np.prod(dims)):
+            return np.frombuffer(raw, dtype=dtype).reshape(dims)  # read-only view: no copy
+        loaded = TensorProto()
+        loaded.data_type = tensor.data_type
+        loaded.dims.extend(dims)
+        loaded.raw_data = raw
+        return numpy_helper.to_array(loaded)
+
+
+#: Element types whose raw bytes numpy reads as they are (little-endian, as ONNX stores them).
+_PLAIN_DTYPES: dict[int, np.dtype[Any]] = {
+    TensorProto.FLOAT: np.dtype("<f4"),
+    TensorProto.DOUBLE: np.dtype("<f8"),
+    TensorProto.FLOAT16: np.dtype("<f2"),
+    TensorProto.INT8: np.dtype("i1"),
+    TensorProto.UINT8: np.dtype("u1"),
+    TensorProto.INT16: np.dtype("<i2"),
+    TensorProto.INT32: np.dtype("<i4"),
+    TensorProto.INT64: np.dtype("<i8"),
+}
 
 
 def _constant_node_value(node: onnx.NodeProto) -> npt.NDArray[Any]:
@@ -158,8 +195,10 @@ class Scope:
         parent: Scope | None,
         opset: int,
         ir_version: int,
+        base_dir: Path | None = None,
     ) -> None:
         self.path = path
+        self.base_dir = base_dir  # where tensors left in external data files are read from
         self.nodes: list[onnx.NodeProto] = list(nodes)
         self.container = nodes
         self.graph = graph
@@ -252,8 +291,11 @@ class Scope:
 class ModelIndex:
     """Every scope of a model, indexed; rebuilt after each round of edits."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.model = model
+        self.base_dir = Path(base_dir) if base_dir is not None else None
         self.opset = model_opset(model)
         self.scopes: list[Scope] = []
         main = self._build_graph("main", model.graph, None, self.opset)
@@ -273,6 +315,7 @@ class ModelIndex:
                 parent=None,
                 opset=int(fopset),
                 ir_version=model.ir_version,
+                base_dir=self.base_dir,
             )
             self.scopes.append(scope)
             self._index(scope)
@@ -288,6 +331,7 @@ class ModelIndex:
             parent=parent,
             opset=opset,
             ir_version=self.model.ir_version,
+            base_dir=self.base_dir,
         )
         self.scopes.append(scope)
         self._index(scope)

@@ -20,14 +20,20 @@ from onnx import TensorProto
 
 from bnfold.errors import InputError, OutputError
 from bnfold.graph import DEFAULT_DOMAINS, subgraphs
+from bnfold.wire import is_self_reference, open_model
+from bnfold.writer import write_model
 
 #: protobuf cannot serialize a message of 2 GiB or more; such models must keep data external.
 PROTOBUF_LIMIT = 2**31 - 1
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    """True when any initializer (main graph or subgraph) stores its data in an external file."""
-    return any(t.data_location == TensorProto.EXTERNAL for t in _all_initializers(model.graph))
+    """True when any initializer (main graph or subgraph) stores its data in an external file
+    (not counting weights bnfold left inline in the model file it opened)."""
+    return any(
+        t.data_location == TensorProto.EXTERNAL and not is_self_reference(t)
+        for t in _all_initializers(model.graph)
+    )
 
 
 def _all_initializers(graph: onnx.GraphProto) -> list[TensorProto]:
@@ -44,9 +50,15 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
 
 
 def read_model(
-    path: str | os.PathLike[str], *, load_external_data: bool = True
+    path: str | os.PathLike[str], *, load_external_data: bool = True, lazy: bool = False
 ) -> tuple[onnx.ModelProto, bool]:
-    """Like ``load_model``, also saying whether the file kept tensors in external data."""
+    """Like ``load_model``, also saying whether the file kept tensors in external data.
+
+    With ``load_external_data=False`` the external files are checked but not read: the tensors
+    keep pointing at them (bnfold reads the few it folds, and copies the rest when writing).
+    ``lazy`` also leaves the large inline weights in the file (see ``bnfold.wire``); such a model
+    is for bnfold's own reader and writer, which know where to find them.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file", hint="check the path")
@@ -55,7 +67,7 @@ def read_model(
     if p.stat().st_size == 0:
         raise InputError(f"{p}: the file is empty", hint="re-export or re-download the model")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = open_model(p) if lazy else onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(
             f"{p}: not a readable ONNX model ({_first_line(exc) or 'protobuf parse failed'})",
@@ -63,8 +75,9 @@ def read_model(
         ) from None
     check_structure(model, p)
     external = uses_external_data(model)
-    if load_external_data and external:
+    if external:
         _check_external_files(model, p)
+    if load_external_data and external and not lazy:
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -179,11 +192,13 @@ def stage_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
+    source_dir: str | os.PathLike[str] | None = None,
 ) -> Iterator[StagedModel]:
     """Write ``model`` into a temporary folder beside ``path``; removed again on exit.
 
     With external data (kept when the input had it, forced past protobuf's 2 GiB limit) the
-    tensors go to ``<name>.data`` beside the model.
+    tensors go to ``<name>.data`` beside the model. ``source_dir`` is where tensors that still
+    point at the input's external data file find it.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -195,26 +210,29 @@ def stage_model(
         raise OutputError(
             f"{target}: output folder {folder} is not writable", hint="choose another -o/--output"
         )
-    if external_data is None:
-        external_data = uses_external_data(model) or model.ByteSize() > PROTOBUF_LIMIT
+    unloaded = uses_external_data(model)
+    if unloaded and (external_data is False or source_dir is None):
+        raise ValueError(
+            "the model has tensors left in external data: write it with external data and the "
+            "source folder (source_dir), or load the data first"
+        )
+    if unloaded:
+        external_data = True
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
     except OSError as exc:
         raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
     try:
-        staged = StagedModel(tmpdir, target, target.name + ".data" if external_data else None)
+        staged = StagedModel(tmpdir, target, target.name + ".data")
         try:
-            if staged.data_name:
-                onnx.save_model(
-                    model,
-                    str(staged.path),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=staged.data_name,
-                    size_threshold=1024,
-                )
-            else:
-                onnx.save_model(model, str(staged.path))
+            write_model(
+                model,
+                staged.path,
+                external=external_data,
+                data_name=staged.data_name,
+                source_dir=source_dir,
+                limit=PROTOBUF_LIMIT,
+            )
         except OSError as exc:
             raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
         yield staged

@@ -1,0 +1,157 @@
+"""Open a model file without reading its weights.
+
+A fold changes a few tensors; the rest only need to travel from the input file to the output file.
+So the main graph's large inline initializers are not parsed at all: the file is scanned at the
+protobuf wire level, and each such tensor is parsed without its ``raw_data`` and marked as external
+data pointing back into the model file itself (offset and length of its bytes there). bnfold's
+reader and writer then treat it like any external tensor: read when a fold needs it, copied
+straight from file to file otherwise. Parsing and memory then scale with the graph, not the weights.
+
+The mark (``SELF_KEY`` in ``external_data``) never leaves bnfold: the writer puts the bytes back
+inline, so the output is the same file protobuf itself would have written.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+#: external_data key marking a tensor whose bytes are inline in the model file it was read from.
+SELF_KEY = "bnfold.inline"
+#: Initializers with fewer raw bytes than this are parsed as usual (shape tensors, BN statistics
+#: of small layers): not worth a file read each, and shape inference needs their values.
+MIN_LAZY_BYTES = 4096
+
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_TENSOR_RAW = 9
+_TENSOR_EXTERNAL = 13
+_TENSOR_LOCATION = 14
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed protobuf message."""
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise WireError("truncated or malformed varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
+    """(number, wire type, field start, value start, value end) of each field in buf[start:end]."""
+    found = []
+    pos = start
+    while pos < end:
+        field_start = pos
+        key, pos = _varint(buf, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, value_end = _varint(buf, pos, end)
+        elif wire_type == 1:
+            value_end = pos + 8
+        elif wire_type == 2:
+            length, pos = _varint(buf, pos, end)
+            value_end = pos + length
+        elif wire_type == 5:
+            value_end = pos + 4
+        else:
+            raise WireError(f"unsupported wire type {wire_type}")
+        if value_end > end or number == 0:
+            raise WireError("field runs past the end of its message")
+        found.append((number, wire_type, field_start, pos, value_end))
+        pos = value_end
+    return found
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _entry(key: str, value: str) -> bytes:
+    """A StringStringEntryProto as an ``external_data`` field of a TensorProto."""
+    body = _len_field(1, key.encode()) + _len_field(2, value.encode())
+    return _len_field(_TENSOR_EXTERNAL, body)
+
+
+def _tensor(buf: memoryview, start: int, end: int, location: str) -> bytes:
+    """The tensor's bytes, with a large raw_data replaced by a pointer into the file."""
+    fields = _fields(buf, start, end)
+    raws = [f for f in fields if f[0] == _TENSOR_RAW and f[1] == 2]
+    external = any(f[0] in (_TENSOR_EXTERNAL, _TENSOR_LOCATION) for f in fields)
+    if len(raws) != 1 or external or raws[0][4] - raws[0][3] < MIN_LAZY_BYTES:
+        return bytes(buf[start:end])
+    _, _, _, raw_start, raw_end = raws[0]
+    out = bytearray()
+    for number, _, field_start, _, value_end in fields:
+        if number != _TENSOR_RAW:
+            out += buf[field_start:value_end]
+    out += _entry("location", location)
+    out += _entry("offset", str(raw_start))
+    out += _entry("length", str(raw_end - raw_start))
+    out += _entry(SELF_KEY, "1")
+    out += _encode_varint(_TENSOR_LOCATION << 3) + _encode_varint(TensorProto.EXTERNAL)
+    return bytes(out)
+
+
+def _graph(buf: memoryview, start: int, end: int, location: str) -> bytes:
+    out = bytearray()
+    for number, wire_type, field_start, value_start, value_end in _fields(buf, start, end):
+        if number == _GRAPH_INITIALIZER and wire_type == 2:
+            out += _len_field(number, _tensor(buf, value_start, value_end, location))
+        else:
+            out += buf[field_start:value_end]
+    return bytes(out)
+
+
+def open_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Parse the model at ``path`` leaving its large main-graph weights in the file.
+
+    Raises WireError or protobuf's DecodeError when the file is not a protobuf message.
+    """
+    p = Path(path)
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        buf = memoryview(mapped)
+        try:
+            out = bytearray()
+            for number, wire_type, field_start, value_start, value_end in _fields(buf, 0, len(buf)):
+                if number == _MODEL_GRAPH and wire_type == 2:
+                    out += _len_field(number, _graph(buf, value_start, value_end, p.name))
+                else:
+                    out += buf[field_start:value_end]
+        finally:
+            buf.release()
+    model = onnx.ModelProto()
+    model.ParseFromString(bytes(out))
+    return model
+
+
+def is_self_reference(tensor: TensorProto) -> bool:
+    """True for a tensor whose bytes are inline in the file it was read from (see module doc)."""
+    return tensor.data_location == TensorProto.EXTERNAL and any(
+        e.key == SELF_KEY for e in tensor.external_data
+    )

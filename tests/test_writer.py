@@ -1,0 +1,176 @@
+"""The streaming writer and the lazy reader: same bytes as protobuf, weights read only when folded,
+external data laid out and copied correctly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from bnfold import fold_file, fold_model
+from bnfold.graph import ModelIndex
+from bnfold.modelio import read_model, uses_external_data
+from bnfold.wire import MIN_LAZY_BYTES, is_self_reference, open_model
+from bnfold.writer import ALIGNMENT, write_model
+from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
+
+
+def _rich_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """Conv -> BN with large weights, plus every kind of field the writer must lay out: doc
+    strings, metadata, value_info, a float_data tensor, a string tensor, an If with its own
+    initializer and a Constant node, and a local function."""
+    w = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)  # 18 KiB: read lazily
+    float_data = helper.make_tensor("fd", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    strings = helper.make_tensor("s", TensorProto.STRING, [2], [b"a", b"bc"])  # type: ignore[list-item]
+    then_init = tensor("then_c", rng.standard_normal(600).astype(np.float32))
+    then_graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["k"], value=tensor("kv", np.ones(400, np.float32)))],
+        "then",
+        [],
+        [vinfo("then_c", TensorProto.FLOAT, [600])],
+        [then_init],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["fd"], ["else_out"])],
+        "else",
+        [],
+        [vinfo("else_out", TensorProto.FLOAT, [3])],
+    )
+    func = helper.make_function(
+        "local",
+        "Twice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        bn_node("c", "y", "bn"),
+        helper.make_node(
+            "If", ["cond"], ["branch"], then_branch=then_graph, else_branch=else_graph
+        ),
+        helper.make_node("Twice", ["y"], ["z"], domain="local"),
+    ]
+    model = make_model(
+        nodes,
+        [vinfo("x", TensorProto.FLOAT, [1, 16, 8, 8]), vinfo("cond", TensorProto.BOOL, [])],
+        [vinfo("z", TensorProto.FLOAT, [1, 32, 8, 8]), vinfo("branch", TensorProto.FLOAT, None)],
+        [tensor("w", w), float_data, strings, *bn_initializers("bn", bn_params(rng, 32))],
+        value_info=[vinfo("c", TensorProto.FLOAT, [1, 32, 8, 8])],
+        functions=[func],
+        extra_opsets=[("local", 1)],
+    )
+    model.doc_string = "a model with everything"
+    model.producer_name = "tests"
+    helper.set_model_props(model, {"author": "bnfold", "license": "MIT"})
+    model.graph.initializer[0].doc_string = "the conv weight"
+    return model
+
+
+def test_write_gives_protobufs_own_bytes(tmp_path: Path) -> None:
+    model = _rich_model(np.random.default_rng(0))
+    write_model(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == model.SerializeToString()
+
+
+def test_open_leaves_large_weights_in_the_file_and_writes_them_back(tmp_path: Path) -> None:
+    model = _rich_model(np.random.default_rng(1))
+    src = tmp_path / "m.onnx"
+    src.write_bytes(model.SerializeToString())
+    lazy = open_model(src)
+    lazy_names = {t.name for t in lazy.graph.initializer if is_self_reference(t)}
+    assert lazy_names == {"w"}  # the 128-byte BN statistics and the odd tensors stay parsed
+    assert not uses_external_data(lazy)  # a self reference is not external data
+    w = next(t for t in lazy.graph.initializer if t.name == "w")
+    assert not w.raw_data and w.doc_string == "the conv weight"
+    # the value is read from the file on demand, exactly
+    array = ModelIndex(lazy, tmp_path).main.constant("w").array()
+    np.testing.assert_array_equal(array, onnx.numpy_helper.to_array(model.graph.initializer[0]))
+    write_model(lazy, tmp_path / "out.onnx", source_dir=tmp_path)
+    assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
+
+
+def test_fold_file_writes_what_folding_the_loaded_model_gives(tmp_path: Path) -> None:
+    model = _rich_model(np.random.default_rng(2))
+    src = tmp_path / "m.onnx"
+    src.write_bytes(model.SerializeToString())
+    before = src.read_bytes()
+    result = fold_file(src, tmp_path / "f.onnx", verify=None)
+    assert result.report.folded == 1
+    expected = fold_model(model).model.SerializeToString()
+    assert (tmp_path / "f.onnx").read_bytes() == expected
+    assert src.read_bytes() == before
+
+
+def test_external_layout_aligns_large_tensors_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    big = rng.standard_normal(300_000).astype(np.float32)  # 1.2 MB: aligned
+    small = rng.standard_normal(300).astype(np.float32)  # 1.2 KB: external, unaligned
+    tiny = np.arange(4, dtype=np.int64)  # 32 B: stays inline
+    model = make_model(
+        [helper.make_node("Identity", ["a"], ["y"])],
+        [],
+        [vinfo("y", TensorProto.FLOAT, [300])],
+        [tensor("a", small), tensor("big", big), tensor("tiny", tiny)],
+    )
+    assert write_model(model, tmp_path / "m.onnx", external=True, data_name="m.data")
+    loaded = onnx.load(tmp_path / "m.onnx")
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    np.testing.assert_array_equal(values["big"], big)
+    np.testing.assert_array_equal(values["a"], small)
+    np.testing.assert_array_equal(values["tiny"], tiny)
+    header = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    offsets = {
+        t.name: int({e.key: e.value for e in t.external_data}["offset"])
+        for t in header.graph.initializer
+        if t.data_location == TensorProto.EXTERNAL
+    }
+    assert set(offsets) == {"a", "big"}
+    assert offsets["big"] % ALIGNMENT == 0 and offsets["big"] > 0
+    assert model.graph.initializer[1].raw_data  # the model passed in is not changed
+
+
+def test_over_the_limit_goes_external(tmp_path: Path) -> None:
+    model = make_model(
+        [helper.make_node("Identity", ["a"], ["y"])],
+        [],
+        [vinfo("y", TensorProto.FLOAT, [5000])],
+        [tensor("a", np.ones(5000, np.float32))],
+    )
+    assert not write_model(model, tmp_path / "small.onnx", external=None, limit=10**6)
+    assert write_model(model, tmp_path / "big.onnx", external=None, limit=10_000)
+    assert (tmp_path / "big.onnx.data").stat().st_size == 20_000
+    out = onnx.load(tmp_path / "big.onnx")
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(out.graph.initializer[0]), 1.0)
+
+
+def test_raw_data_that_does_not_fit_its_shape_is_refused(tmp_path: Path) -> None:
+    bad = tensor("a", np.ones(2000, np.float32))
+    bad.dims[:] = [2001]  # 8000 bytes of data for 8004 needed: a broken file
+    model = make_model(
+        [helper.make_node("Identity", ["a"], ["y"])],
+        [],
+        [vinfo("y", TensorProto.FLOAT, None)],
+        [bad],
+    )
+    with pytest.raises(ValueError, match="8000 bytes of raw data"):
+        write_model(model, tmp_path / "m.onnx")
+
+
+def test_lazy_threshold_keeps_small_tensors_parsed(tmp_path: Path) -> None:
+    n = MIN_LAZY_BYTES // 4
+    model = make_model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [],
+        [vinfo("y", TensorProto.FLOAT, [n])],
+        [tensor("a", np.ones(n, np.float32)), tensor("b", np.ones(n - 1, np.float32))],
+    )
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    lazy, external = read_model(path, lazy=True)
+    assert not external
+    assert [is_self_reference(t) for t in lazy.graph.initializer] == [True, False]
