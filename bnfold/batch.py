@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -207,6 +206,8 @@ def _execute(
         for i, task in enumerate(tasks):
             yield i, run_task(task, mode, verify, force, in_place)
         return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
         futures = {
             pool.submit(run_task, task, mode, verify, force, in_place): i

@@ -12,14 +12,11 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
 from bnfold import __version__
@@ -29,7 +26,24 @@ from bnfold.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, BnfoldError, UsageEr
 from bnfold.report import FoldReport
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from bnfold.verification import VerifyReport
+
+
+def escape(text: str) -> str:
+    """Text shown literally by rich (rich itself is imported only when something is printed)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def _table(title: str) -> Table:
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left")
+
 
 COMMANDS = ("fold", "inspect", "check", "verify", "bench")
 
@@ -60,20 +74,30 @@ class _Ui:
     """The one place output is produced: JSON to stdout, everything for people to stderr."""
 
     def __init__(self, *, quiet: bool = False, debug: bool = False) -> None:
-        no_color = bool(os.environ.get("NO_COLOR"))
-        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
-        if not self.err.is_terminal:
-            self.err.width = 160  # logs and pipes: do not squeeze tables to 80 columns
         self.quiet = quiet
         self.debug = debug
+        self._err: Console | None = None
+
+    @property
+    def err(self) -> Console:
+        """The stderr console, made on first use (a quiet run that succeeds never needs rich)."""
+        if self._err is None:
+            from rich.console import Console
+
+            no_color = bool(os.environ.get("NO_COLOR"))
+            self._err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+            if not self._err.is_terminal:
+                self._err.width = 160  # logs and pipes: do not squeeze tables to 80 columns
+        return self._err
 
     def say(self, text: str) -> None:
         if not self.quiet:
             self.err.print(text)
 
-    def show(self, renderable: Any) -> None:
+    def show(self, make: Callable[[], Any]) -> None:
+        """Print what ``make`` builds (a table), building it only when it will be shown."""
         if not self.quiet:
-            self.err.print(renderable)
+            self.err.print(make())
 
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/yellow] {escape(text)}")
@@ -196,7 +220,7 @@ def _output_tolerances(texts: Sequence[str]) -> dict[str, tuple[float | None, fl
 
 
 def _decision_table(report: FoldReport, title: str, *, only_skipped: bool = False) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     table.add_column("BatchNormalization", overflow="fold")
     table.add_column("graph", overflow="fold")
     table.add_column("after")
@@ -245,7 +269,7 @@ def _verification_line(v: VerifyReport) -> str:
 
 
 def _comparison_table(v: VerifyReport, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = _table(title)
     for col in ("output", "dtype", "shape", "max abs", "max rel", "mean abs", "needs atol"):
         table.add_column(col, justify="right" if col not in ("output", "dtype") else "left")
     table.add_column("tolerance")
@@ -266,7 +290,7 @@ def _comparison_table(v: VerifyReport, title: str) -> Table:
 
 
 def _batch_table(outcomes: Sequence[Outcome], mode: Mode) -> Table:
-    table = Table(title=f"bnfold {mode}: {len(outcomes)} models", title_justify="left")
+    table = _table(f"bnfold {mode}: {len(outcomes)} models")
     table.add_column("model", overflow="fold")
     table.add_column("status")
     table.add_column("BN folded" if mode == "fold" else "BN foldable", justify="right")
@@ -356,7 +380,7 @@ def _run(
     if len(outcomes) == 1:
         _render_one(outcomes[0], mode, ui)
     else:
-        ui.show(_batch_table(outcomes, mode))
+        ui.show(lambda: _batch_table(outcomes, mode))
     return code
 
 
@@ -378,28 +402,28 @@ def _command_error(ui: _Ui, command: str, exc: BnfoldError, as_json: bool) -> ty
 
 
 def _render_one(o: Outcome, mode: Mode, ui: _Ui) -> None:
-    if o.result is None:
+    if o.result is None or ui.quiet:  # everything below is for people; --quiet drops it
         return
     report = o.result.report
     if mode == "inspect":
-        ui.show(_decision_table(report, str(o.input)))
+        ui.show(lambda: _decision_table(report, str(o.input)))
         ui.say(escape(_summary(report, "foldable")))
         return
     if mode == "check":
         if report.folded:
-            ui.show(_decision_table(report, str(o.input)))
+            ui.show(lambda: _decision_table(report, str(o.input)))
         verdict = (
             f"{report.folded} foldable BatchNormalization remain" if report.folded else "clean"
         )
         ui.say(f"{escape(str(o.input))}: {verdict}")
         return
     if report.skipped:
-        ui.show(_decision_table(report, f"{o.input}: not folded", only_skipped=True))
+        ui.show(lambda: _decision_table(report, f"{o.input}: not folded", only_skipped=True))
     ui.say(escape(_summary(report)))
     v = o.result.verification
     if v is not None:
         if v.status == "failed":
-            ui.show(_comparison_table(v, "worst outputs"))
+            ui.show(lambda: _comparison_table(v, "worst outputs"))
         ui.say(_verification_line(v))
     elif report.changed and o.result.written:
         ui.say("verification skipped (--no-verify)")
@@ -555,7 +579,7 @@ def verify_cmd(
     if report.status == "unverified":
         ui.error(f"{original} vs {candidate}: could not run the models ({report.reason})")
     else:
-        ui.show(_comparison_table(report, f"{original} vs {candidate}"))
+        ui.show(lambda: _comparison_table(report, f"{original} vs {candidate}"))
         ui.say(_verification_line(report))
     for note in report.notes:
         ui.say(f"note: {escape(note)}")

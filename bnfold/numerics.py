@@ -6,6 +6,7 @@ off; one correctly rounded conversion from float64 leaves them within 0.5 ULP.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,36 @@ def _round_to(values: F64, elem_type: int) -> npt.NDArray[Any]:
 
 def all_finite(values: npt.NDArray[Any]) -> bool:
     """True when no value is inf or NaN (checked in the rounded dtype, where overflow shows)."""
-    return bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
+    return bool(np.isfinite(values).all())
+
+
+_DIRECT: dict[int, type[np.floating[Any]]] = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.DOUBLE: np.float64,
+}
+
+
+def scale_round(values: npt.NDArray[Any], scale: F64, elem_type: int) -> npt.NDArray[Any]:
+    """``values * scale`` computed in float64 and rounded once into ``elem_type``.
+
+    Same result as ``round_to(scaled(values, scale), elem_type)``, but numpy works through it in
+    small buffered blocks, so no float64 copy of a large weight is ever made.
+    """
+    dtype = _DIRECT.get(elem_type)
+    if dtype is None:  # bfloat16: numpy cannot round float64 to it once; take the long way
+        return round_to(scaled(values, scale), elem_type)
+    out = np.empty(np.broadcast_shapes(values.shape, scale.shape), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(values, scale, out=out, dtype=np.float64, casting="unsafe")
+    return out
+
+
+def scaled(values: npt.NDArray[Any], scale: F64) -> F64:
+    """``values * scale`` computed in float64 (exact widening, one pass, no float64 copy first)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        result: F64 = np.multiply(values, scale, dtype=np.float64)
+    return result
 
 
 def bn_scale(scale: F64, var: F64, epsilon: float) -> F64:
@@ -94,6 +124,41 @@ def folded_bias(s: F64, bias: F64, mean: F64, beta: F64) -> F64:
     with np.errstate(over="ignore", invalid="ignore"):
         result: F64 = s * (bias - mean) + beta
     return result
+
+
+_DATA_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+    "raw_data",
+    "external_data",
+    "data_location",
+)
+
+
+def store(tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None:
+    """Replace the contents of ``tensor`` (name, doc string and metadata kept) with ``values``.
+
+    Written straight into the tensor: one copy into the model, whether the old data was inline,
+    in typed fields or in an external file.
+    """
+    check = make_tensor(tensor.name, values.reshape(-1)[:0], elem_type)  # validates the dtype
+    for name in _DATA_FIELDS:
+        tensor.ClearField(name)
+    del tensor.dims[:]
+    tensor.dims.extend(values.shape)
+    tensor.data_type = check.data_type
+    tensor.raw_data = _little_endian_bytes(np.ascontiguousarray(values))
+
+
+def _little_endian_bytes(values: npt.NDArray[Any]) -> bytes:
+    """ONNX raw_data is little-endian whatever the machine."""
+    if sys.byteorder == "big" and values.dtype.itemsize > 1:
+        values = values.byteswap()
+    return values.tobytes()
 
 
 def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorProto:

@@ -24,7 +24,7 @@ def conv_bn(
     rng = np.random.default_rng(7)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     w = (rng.normal(0, 1, (C, 3, 3, 3)) / np.sqrt(27)).astype(dtype)
-    b = rng.normal(0, 0.1, C).astype(dtype)
+    b: np.ndarray = rng.normal(0, 0.1, C).astype(dtype)
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         bn_node("c", "y", "bn"),

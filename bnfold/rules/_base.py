@@ -320,7 +320,17 @@ def check_channels(bn: BatchNorm, channels: int, producer: onnx.NodeProto) -> No
 
 def rounded(values: F64, elem_type: int, what: str) -> npt.NDArray[Any]:
     """Round a folded tensor once into its dtype; Skip if that overflows or was already bad."""
-    out = numerics.round_to(values, elem_type)
+    return _finite(numerics.round_to(values, elem_type), elem_type, what)
+
+
+def rounded_scaled(
+    values: npt.NDArray[Any], scale: F64, elem_type: int, what: str
+) -> npt.NDArray[Any]:
+    """``values * scale`` in float64, rounded once into ``elem_type``; Skip as ``rounded``."""
+    return _finite(numerics.scale_round(values, scale, elem_type), elem_type, what)
+
+
+def _finite(out: npt.NDArray[Any], elem_type: int, what: str) -> npt.NDArray[Any]:
     if not numerics.all_finite(out):
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out.astype(np.float64))))
         raise Skip(

@@ -23,6 +23,7 @@ from bnfold.rules._base import (
     describe,
     optional_weight,
     rounded,
+    rounded_scaled,
     weight,
 )
 
@@ -50,7 +51,7 @@ class ConvBN:
                 )
             bias = bias + numerics.to_float64_array(b.array())
         scale = bn.s.reshape((channels,) + (1,) * (rank - 1))
-        new_w = rounded(numerics.to_float64_array(w.array()) * scale, w.elem_type, "weight")
+        new_w = rounded_scaled(w.array(), scale, w.elem_type, "weight")
         new_b = rounded(numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), w.elem_type, "bias")
         return FoldPlan(
             [

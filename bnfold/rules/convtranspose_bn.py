@@ -23,6 +23,7 @@ from bnfold.rules._base import (
     describe,
     optional_weight,
     rounded,
+    rounded_scaled,
     weight,
 )
 
@@ -58,11 +59,9 @@ class ConvTransposeBN:
                     Reason.SHAPE_MISMATCH, f"{describe(deconv)} bias has shape {list(b.shape)}"
                 )
             bias = bias + numerics.to_float64_array(b.array())
-        grouped = numerics.to_float64_array(w.array()).reshape(
-            (group, shape[0] // group, per_group, *shape[2:])
-        )
+        grouped = w.array().reshape((group, shape[0] // group, per_group, *shape[2:]))
         scale = bn.s.reshape((group, 1, per_group) + (1,) * (rank - 2))
-        new_w = rounded((grouped * scale).reshape(shape), w.elem_type, "weight")
+        new_w = rounded_scaled(grouped, scale, w.elem_type, "weight").reshape(shape)
         new_b = rounded(numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), w.elem_type, "bias")
         return FoldPlan(
             [

@@ -24,6 +24,7 @@ from bnfold.rules._base import (
     describe,
     optional_weight,
     rounded,
+    rounded_scaled,
     weight,
 )
 
@@ -48,7 +49,7 @@ class GemmBN:
         channels = b.shape[0] if trans_b else b.shape[1]
         check_channels(bn, channels, gemm)
         column_scale = bn.s[:, None] if trans_b else bn.s[None, :]
-        new_b = rounded(numerics.to_float64_array(b.array()) * column_scale, b.elem_type, "B")
+        new_b = rounded_scaled(b.array(), column_scale, b.elem_type, "B")
         bias: numerics.F64 = added_bias(chain, 2, channels)
         if c is not None:
             if len(c.shape) > 2 or (c.shape and c.shape[-1] not in (1, channels)):

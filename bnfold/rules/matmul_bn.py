@@ -22,6 +22,7 @@ from bnfold.rules._base import (
     check_dtypes,
     describe,
     rounded,
+    rounded_scaled,
     weight,
 )
 
@@ -57,7 +58,7 @@ class MatMulBN:
             )
         channels = b.shape[1]
         check_channels(bn, channels, matmul)
-        new_b = rounded(numerics.to_float64_array(b.array()) * bn.s[None, :], b.elem_type, "B")
+        new_b = rounded_scaled(b.array(), bn.s[None, :], b.elem_type, "B")
         bias = added_bias(chain, 2, channels)
         new_c = rounded(numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), b.elem_type, "C")
         set_attrs = {"broadcast": 1} if scope.opset <= 6 else {}

@@ -19,8 +19,8 @@ def conv_bn_model(
     if group == 0:  # depthwise
         group, cout = cin, cin
     k = [3] * rank
-    w = rng.normal(0, 0.3, (cout, cin // group, *k)).astype(dtype)
-    b = rng.normal(0, 0.3, cout).astype(dtype)
+    w: np.ndarray = rng.normal(0, 0.3, (cout, cin // group, *k)).astype(dtype)
+    b: np.ndarray = rng.normal(0, 0.3, cout).astype(dtype)
     params = bn_params(rng, cout, dtype)
     inputs = ["x", "w", "b"] if bias else ["x", "w"]
     nodes = [

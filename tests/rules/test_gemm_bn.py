@@ -17,7 +17,7 @@ def gemm_bn(
     *, trans_a: int, trans_b: int, alpha: float, beta: float, c: str, dtype: type = np.float32
 ) -> onnx.ModelProto:
     rng = np.random.default_rng(1)
-    b = rng.normal(0, 0.5, (N, K) if trans_b else (K, N)).astype(dtype)
+    b: np.ndarray = rng.normal(0, 0.5, (N, K) if trans_b else (K, N)).astype(dtype)
     shapes = {"none": None, "scalar": (), "n": (N,), "1n": (1, N)}
     inputs = ["a", "b"]
     inits = [tensor("b", b)]

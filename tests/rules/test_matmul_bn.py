@@ -25,14 +25,19 @@ def matmul_bn(*, add: str | None, a_rank: int = 2, dtype: type = np.float32) -> 
     nodes.append(bn_node(x, "y", "bn"))
     inits += bn_initializers("bn", bn_params(rng, n, dtype))
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    a_shape = ["N", k] if a_rank == 2 else [2, 3, k]
+    a_shape: list[int | str | None] = ["N", k] if a_rank == 2 else [2, 3, k]
     return make_model(nodes, [vinfo("a", elem, a_shape)], [vinfo("y", elem, None)], inits)
 
 
 @pytest.mark.parametrize("add", [None, "n", "1n", "scalar"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_matmul_bn(add: str | None, dtype: type) -> None:
-    tol = {np.float32: (1e-4, 1e-5), np.float64: (1e-10, 1e-12), np.float16: (1e-2, 1e-2)}[dtype]
+    tols: dict[type, tuple[float, float]] = {
+        np.float32: (1e-4, 1e-5),
+        np.float64: (1e-10, 1e-12),
+        np.float16: (1e-2, 1e-2),
+    }
+    tol = tols[dtype]
     result = assert_fold_matches(
         matmul_bn(add=add, dtype=dtype), expect_folded=1, rtol=tol[0], atol=tol[1]
     )
