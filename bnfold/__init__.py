@@ -1,19 +1,37 @@
 """bnfold: fold BatchNormalization into the layer before it, and prove the model is unchanged.
 
-Public API: ``fold_model``, ``fold_file``, ``verify`` and the result types. onnxruntime is only
-imported when something is actually run (verification runs it in a child process). The
+Public API: ``fold_model``, ``fold_file``, ``verify`` and the result types. Names are imported on
+first use, so that ``import bnfold`` (and the verification child process, which needs neither the
+fold engine nor onnx) stays cheap; onnxruntime is only ever imported in that child process. The
 verification code lives in ``bnfold.verification`` so that ``bnfold.verify`` is always the function.
 """
 
 from __future__ import annotations
 
-from bnfold.api import FileFoldResult, default_output, fold_file, fold_model
-from bnfold.errors import BnfoldError, InputError, OutputError, UsageError, VerificationFailed
-from bnfold.report import BNDecision, FoldReport, FoldResult
-from bnfold.rules import Reason
-from bnfold.verification import OutputComparison, VerifyReport, verify
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "BNDecision": "bnfold.report",
+    "BnfoldError": "bnfold.errors",
+    "FileFoldResult": "bnfold.api",
+    "FoldReport": "bnfold.report",
+    "FoldResult": "bnfold.report",
+    "InputError": "bnfold.errors",
+    "OutputComparison": "bnfold.verification",
+    "OutputError": "bnfold.errors",
+    "Reason": "bnfold.rules",
+    "UsageError": "bnfold.errors",
+    "VerificationFailed": "bnfold.errors",
+    "VerifyReport": "bnfold.verification",
+    "default_output": "bnfold.api",
+    "fold_file": "bnfold.api",
+    "fold_model": "bnfold.api",
+    "verify": "bnfold.verification",
+}
 
 __all__ = [
     "BNDecision",
@@ -34,3 +52,29 @@ __all__ = [
     "fold_model",
     "verify",
 ]
+
+if TYPE_CHECKING:
+    from bnfold.api import FileFoldResult, default_output, fold_file, fold_model
+    from bnfold.errors import (
+        BnfoldError,
+        InputError,
+        OutputError,
+        UsageError,
+        VerificationFailed,
+    )
+    from bnfold.report import BNDecision, FoldReport, FoldResult
+    from bnfold.rules import Reason
+    from bnfold.verification import OutputComparison, VerifyReport, verify
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bnfold' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

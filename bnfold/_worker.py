@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from bnfold.errors import BnfoldError, UsageError
 from bnfold.inputs import InputSpec, make_feeds, output_names
@@ -34,21 +33,22 @@ class BackendError(Exception):
 
 # -- onnxruntime --------------------------------------------------------------------------------
 
+#: onnxruntime's type strings -> ONNX element type numbers (see bnfold.inputs.NUMPY_TYPES).
 _ORT_TYPES = {
-    "tensor(float)": onnx.TensorProto.FLOAT,
-    "tensor(float16)": onnx.TensorProto.FLOAT16,
-    "tensor(bfloat16)": onnx.TensorProto.BFLOAT16,
-    "tensor(double)": onnx.TensorProto.DOUBLE,
-    "tensor(int8)": onnx.TensorProto.INT8,
-    "tensor(int16)": onnx.TensorProto.INT16,
-    "tensor(int32)": onnx.TensorProto.INT32,
-    "tensor(int64)": onnx.TensorProto.INT64,
-    "tensor(uint8)": onnx.TensorProto.UINT8,
-    "tensor(uint16)": onnx.TensorProto.UINT16,
-    "tensor(uint32)": onnx.TensorProto.UINT32,
-    "tensor(uint64)": onnx.TensorProto.UINT64,
-    "tensor(bool)": onnx.TensorProto.BOOL,
-    "tensor(string)": onnx.TensorProto.STRING,
+    "tensor(float)": 1,
+    "tensor(uint8)": 2,
+    "tensor(int8)": 3,
+    "tensor(uint16)": 4,
+    "tensor(int16)": 5,
+    "tensor(int32)": 6,
+    "tensor(int64)": 7,
+    "tensor(string)": 8,
+    "tensor(bool)": 9,
+    "tensor(float16)": 10,
+    "tensor(double)": 11,
+    "tensor(uint32)": 12,
+    "tensor(uint64)": 13,
+    "tensor(bfloat16)": 16,
 }
 
 
@@ -132,6 +132,7 @@ def _batchnorm_op() -> type:
 
 
 def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
+    import onnx
     from onnx.reference import ReferenceEvaluator
 
     from bnfold.inputs import input_specs

@@ -11,12 +11,49 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto
 
 from bnfold.errors import UsageError
+
+if TYPE_CHECKING:
+    import onnx
+
+# ONNX element types by their numbers (fixed by the ONNX spec), so that the verification child
+# process need not import onnx at all.
+BOOL, STRING, BFLOAT16 = 9, 8, 16
+#: numpy dtypes of the ONNX element types bnfold can feed (bfloat16 comes from ml_dtypes).
+NUMPY_TYPES: dict[int, str] = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "object",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    14: "complex64",
+    15: "complex128",
+}
+
+
+def numpy_dtype(elem_type: int) -> np.dtype[np.generic]:
+    """The numpy dtype that holds ONNX element type ``elem_type``."""
+    if elem_type == BFLOAT16:
+        import ml_dtypes
+
+        bfloat16: np.dtype[np.generic] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    if elem_type not in NUMPY_TYPES:
+        raise UsageError(f"bnfold cannot make input data of ONNX element type {elem_type}")
+    return np.dtype(NUMPY_TYPES[elem_type])
+
 
 #: Default for an unknown dimension on axis 0 (the batch) and on every other axis.
 DEFAULT_BATCH = 1
@@ -35,7 +72,7 @@ class InputSpec:
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.elem_type))
+        return numpy_dtype(self.elem_type)
 
     def declared(self) -> str:
         if self.shape is None:
@@ -146,15 +183,15 @@ def _check_given(spec: InputSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def random_array(rng: np.random.Generator, elem_type: int, shape: tuple[int, ...]) -> np.ndarray:
     """Seeded data of the input's type: floats N(0, 1), integers in [0, 10), random booleans."""
-    if elem_type == TensorProto.BOOL:
+    if elem_type == BOOL:
         return rng.random(shape) < 0.5
-    if elem_type == TensorProto.BFLOAT16:
+    if elem_type == BFLOAT16:
         import ml_dtypes
 
         return rng.standard_normal(shape).astype(ml_dtypes.bfloat16)
-    if elem_type == TensorProto.STRING:
+    if elem_type == STRING:
         return rng.integers(0, 10, shape).astype(str).astype(object)
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    dtype = numpy_dtype(elem_type)
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if np.issubdtype(dtype, np.complexfloating):
@@ -208,7 +245,7 @@ def load_npz(specs: Sequence[InputSpec], path: Path) -> dict[str, np.ndarray]:
         )
     for spec in specs:
         arr = arrays[spec.name]
-        if spec.elem_type != TensorProto.BFLOAT16 and arr.dtype != spec.dtype:
+        if spec.elem_type != BFLOAT16 and arr.dtype != spec.dtype:
             raise UsageError(
                 f"--inputs {path}: '{spec.name}' is {arr.dtype}, the model wants {spec.dtype}"
             )

@@ -19,12 +19,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import onnx
 
 from bnfold.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
 
 Status = Literal["passed", "failed", "unverified"]
 
@@ -323,6 +325,8 @@ def verify(
 
 
 def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path) -> Path:
+    import onnx
+
     if isinstance(model, onnx.ModelProto):
         large = model.ByteSize() > 2**31 - 1
         onnx.save_model(

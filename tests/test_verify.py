@@ -311,3 +311,18 @@ def test_public_verify_is_the_function_and_import_stays_light() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_verification_child_does_not_import_onnx() -> None:
+    """The child that runs onnxruntime costs its sessions, not a second copy of bnfold's imports:
+    neither onnx nor the fold engine is loaded on the onnxruntime path."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bnfold._worker\n"
+        "loaded = sorted(m for m in ('onnx', 'bnfold.engine', 'bnfold.api') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
