@@ -52,13 +52,23 @@ _ORT_TYPES = {
 }
 
 
-def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
-    """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written."""
+def open_session(
+    path: str, *, level: str = "disable_all", threads: int | None = None
+) -> tuple[Any, list[InputSpec], list[str]]:
+    """An onnxruntime CPU session at optimization ``level`` ("disable_all" or "basic"), with the
+    inputs it wants and its output names. Raises BackendError when onnxruntime refuses it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        if level == "basic"
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for every failure
@@ -69,7 +79,12 @@ def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
             raise BackendError(f"input '{i.name}' has type {i.type}, which bnfold cannot feed")
         shape = tuple(d if isinstance(d, int) else (d or None) for d in i.shape)
         specs.append(InputSpec(i.name, _ORT_TYPES[i.type], shape))
-    outputs = [o.name for o in session.get_outputs()]
+    return session, specs, [o.name for o in session.get_outputs()]
+
+
+def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
+    """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written."""
+    session, specs, outputs = open_session(path)
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:

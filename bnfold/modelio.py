@@ -36,6 +36,17 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     )
 
 
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """The external data files the model's tensors name, each once, in order."""
+    found: dict[str, None] = {}
+    for t in _all_initializers(model.graph):
+        if t.data_location == TensorProto.EXTERNAL and not is_self_reference(t):
+            for e in t.external_data:
+                if e.key == "location":
+                    found[e.value] = None
+    return list(found)
+
+
 def _all_initializers(graph: onnx.GraphProto) -> list[TensorProto]:
     found = list(graph.initializer)
     for node in graph.node:

@@ -344,13 +344,20 @@ def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path) -> Pa
 
 
 def _run_worker(request: dict[str, Any], work: Path, timeout: float | None) -> dict[str, Any]:
-    """One child process for one backend; a crash or timeout becomes a result, not an error."""
-    req = work / f"request-{request['backend']}.json"
-    res = work / f"result-{request['backend']}.json"
+    return run_child("bnfold._worker", request, work, timeout, tag=request["backend"])
+
+
+def run_child(
+    module: str, request: dict[str, Any], work: Path, timeout: float | None, *, tag: str = ""
+) -> dict[str, Any]:
+    """Run ``python -m module REQUEST RESULT`` on a JSON request; a crash or timeout of the child
+    becomes a result ({"status": "crash" | "timeout", "message": ...}), not an error here."""
+    req = work / f"request-{tag}.json"
+    res = work / f"result-{tag}.json"
     req.write_text(json.dumps(request))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "bnfold._worker", str(req), str(res)],
+            [sys.executable, "-m", module, str(req), str(res)],
             capture_output=True,
             text=True,
             timeout=timeout,
