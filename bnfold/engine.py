@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from bnfold import numerics
+from bnfold.constfold import EVALUATORS
 from bnfold.graph import (
     ModelIndex,
     NameAllocator,
@@ -331,19 +332,33 @@ class FoldEngine:
         """Remove constants and value_info entries that the folds, and only they, made unused."""
         index = ModelIndex(self.model)
         scopes = {s.path: s for s in index.scopes}
-        node_deletes: dict[str, list[int]] = {}
+        node_deletes: dict[str, set[int]] = {}
         init_deletes: dict[str, list[str]] = {}
-        for path, name in self.released.constants:
+        gone_uses: dict[tuple[str, str], int] = {}  # readers removed by this cleanup
+        pending = list(self.released.constants)
+        while pending:
+            path, name = pending.pop()
             scope = scopes.get(path)
-            if scope is None or scope.uses(name) or name in scope.output_set:
+            if scope is None or name in scope.output_set:
+                continue
+            if scope.uses(name) - gone_uses.get((path, name), 0) > 0:
                 continue
             producer_idx = scope.producer.get(name)
             if producer_idx is not None:
-                node_deletes.setdefault(path, []).append(producer_idx)
+                node = scope.nodes[producer_idx]
+                left = {o: scope.uses(o) - gone_uses.get((path, o), 0) for o in node.output if o}
+                if producer_idx in node_deletes.get(path, ()) or not _removable(scope, node, left):
+                    continue
+                node_deletes.setdefault(path, set()).add(producer_idx)
+                # What it read may now be unused too (the shape of a ConstantOfShape, ...).
+                for source in node.input:
+                    if source and scope.defines(source):
+                        gone_uses[(path, source)] = gone_uses.get((path, source), 0) + 1
+                        pending.append((path, source))
             elif name in scope.initializers:
                 init_deletes.setdefault(path, []).append(name)
         for path, idxs in node_deletes.items():
-            for i in sorted(set(idxs), reverse=True):
+            for i in sorted(idxs, reverse=True):
                 del scopes[path].container[i]
         for path, names in init_deletes.items():
             graph = scopes[path].graph
@@ -368,6 +383,13 @@ class FoldEngine:
             for i in reversed(range(len(graph.value_info))):
                 if graph.value_info[i].name in stale_names:
                     del graph.value_info[i]
+
+
+def _removable(scope: Scope, node: onnx.NodeProto, readers_left: dict[str, int]) -> bool:
+    """A node that only makes a constant, with no reader left for any output: safe to delete."""
+    if not (is_op(node, "Constant") or (node.op_type in EVALUATORS and is_op(node, node.op_type))):
+        return False
+    return all(readers_left[o] <= 0 and o not in scope.output_set for o in readers_left)
 
 
 def _is_dirty(dirty: set[int]) -> Callable[[onnx.NodeProto], bool]:

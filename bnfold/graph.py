@@ -18,6 +18,7 @@ import numpy.typing as npt
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
+from bnfold.constfold import EVALUATORS, CannotEvaluate, evaluate
 from bnfold.errors import InputError
 from bnfold.writer import read_external
 
@@ -73,7 +74,8 @@ class Constant:
     name: str
     scope: Scope
     tensor: TensorProto | None = None  # initializer, or the Constant node's `value`
-    node: onnx.NodeProto | None = None  # the Constant node, when it is one
+    node: onnx.NodeProto | None = None  # the Constant node, or the node that computes it
+    computed: bool = False  # evaluated from a constant subgraph (see bnfold.constfold)
     _array: npt.NDArray[Any] | None = field(default=None, repr=False)
 
     @property
@@ -179,6 +181,11 @@ class NotConstant(Exception):
     """Raised by Scope.constant with the reason a name is not a constant."""
 
 
+#: How many nodes deep a constant subgraph may be (a longer chain is run-time computation).
+MAX_DEPTH = 32
+_IN_PROGRESS = object()  # marks a value being evaluated (a cycle means it is not a constant)
+
+
 class Scope:
     """One graph or function body, indexed for use-def queries.
 
@@ -221,6 +228,8 @@ class Scope:
         self.input_set = set(self.inputs)
         self.output_set = set(self.outputs)
         self.free_names: set[str] = set()
+        self._computed: dict[str, Constant | NotConstant | object] = {}
+        self._depth = 0
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -264,7 +273,7 @@ class Scope:
                     return Constant(name, scope, tensor=_constant_node_tensor(node), node=node)
                 if is_op(node, "Constant"):
                     raise NotConstant("it is a Constant bound to a function attribute")
-                raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+                return scope._evaluated(name, node)
             if name in scope.initializers:
                 if scope.overridable(name):
                     raise NotConstant(
@@ -278,9 +287,47 @@ class Scope:
             scope = scope.parent
         raise NotConstant("nothing in the model produces it")
 
+    def _evaluated(self, name: str, node: onnx.NodeProto) -> Constant:
+        """``name`` computed by ``node`` from constants only, evaluated once; else NotConstant."""
+        cached = self._computed.get(name)
+        if isinstance(cached, Constant):
+            return cached
+        if isinstance(cached, NotConstant):
+            raise cached
+        if cached is _IN_PROGRESS or node.output[0] != name or self._depth >= MAX_DEPTH:
+            raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+        self._computed[name] = _IN_PROGRESS
+        self._depth += 1
+        try:
+            if node.op_type not in EVALUATORS or not is_op(node, node.op_type):
+                raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+            inputs: list[npt.NDArray[Any] | None] = []
+            for source in node.input:
+                if not source:
+                    inputs.append(None)
+                    continue
+                try:
+                    inputs.append(self.constant(source).array())
+                except NotConstant as exc:
+                    raise NotConstant(
+                        f"it is computed by a {node.op_type} node from '{source}', and {exc}"
+                    ) from None
+            try:
+                value = evaluate(node, inputs, self.opset)
+            except CannotEvaluate as exc:
+                raise NotConstant(f"it is computed by a {node.op_type} node that {exc}") from None
+        except NotConstant as exc:
+            self._computed[name] = exc
+            raise
+        finally:
+            self._depth -= 1
+        const = Constant(name, self, node=node, computed=True, _array=value)
+        self._computed[name] = const
+        return const
+
     def is_exclusive(self, const: Constant, node: onnx.NodeProto) -> bool:
         """True when ``node`` alone reads ``const`` anywhere, so it may change in place."""
-        if const.scope is not self:
+        if const.scope is not self or const.computed:
             return False
         name = const.name
         if name in self.output_set or name in self.input_set:

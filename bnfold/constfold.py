@@ -1,0 +1,193 @@
+"""Evaluate the small constant subgraphs exporters use to produce weights and BN parameters.
+
+Caffe2-exported model-zoo files make every weight with ConstantOfShape; others reshape, cast,
+unsqueeze or scale a constant before use. Such a value is a constant as much as an initializer
+is, so bnfold evaluates it with numpy, op by op, with ONNX semantics: elementwise float
+arithmetic is IEEE-exact (as in onnxruntime), shape ops move values without arithmetic. What is
+not listed here, or not exactly reproducible (integer Div), stays "not a constant", with the
+reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import helper, numpy_helper
+
+Array = npt.NDArray[Any]
+
+#: Largest result (elements) bnfold evaluates: a ConstantOfShape of 10^9 is not a weight.
+MAX_ELEMENTS = 1 << 26
+
+
+class CannotEvaluate(Exception):
+    """The node is not evaluated at fold time; the message says why."""
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            if a.ref_attr_name:
+                raise CannotEvaluate(f"its '{name}' comes from the calling function's attributes")
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _axes(node: onnx.NodeProto, inputs: Sequence[Array | None], opset: int) -> list[int] | None:
+    if opset >= 13:
+        return None if len(inputs) < 2 or inputs[1] is None else [int(a) for a in inputs[1]]
+    axes = _attr(node, "axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _constant_of_shape(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    shape = tuple(int(d) for d in _need(x, 0))
+    if any(d < 0 for d in shape):
+        raise CannotEvaluate(f"negative shape {list(shape)}")
+    _check_size(int(np.prod(shape, dtype=np.int64)))
+    value = _attr(node, "value")
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, "f4")
+    return np.full(shape, fill[0], dtype=fill.dtype)
+
+
+def _unsqueeze(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    data = _need(x, 0)
+    axes = _axes(node, x, opset)
+    if axes is None:
+        raise CannotEvaluate("Unsqueeze without axes")
+    rank = data.ndim + len(axes)
+    out = data
+    for axis in sorted(a + rank if a < 0 else a for a in axes):
+        out = np.expand_dims(out, axis)
+    return out
+
+
+def _squeeze(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    data = _need(x, 0)
+    axes = _axes(node, x, opset)
+    if axes is None:
+        return np.squeeze(data)
+    return np.squeeze(data, axis=tuple(a + data.ndim if a < 0 else a for a in axes))
+
+
+def _reshape(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    data = _need(x, 0)
+    shape = [int(d) for d in (_need(x, 1) if opset >= 5 else _attr(node, "shape", []))]
+    if not int(_attr(node, "allowzero", 0)):
+        shape = [data.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return data.reshape(shape)
+
+
+def _cast(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    to = int(_attr(node, "to"))
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(to)
+    except (KeyError, ValueError):
+        raise CannotEvaluate(f"Cast to element type {to}") from None
+    data = _need(x, 0)
+    if data.dtype.kind in "fc" and np.dtype(dtype).kind in "iub":
+        raise CannotEvaluate("Cast from float to integer (rounding is backend-defined)")
+    return data.astype(dtype)
+
+
+def _flatten(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    data = _need(x, 0)
+    axis = int(_attr(node, "axis", 1))
+    axis = axis + data.ndim if axis < 0 else axis
+    rows = int(np.prod(data.shape[:axis], dtype=np.int64))
+    return data.reshape(rows, -1) if data.size else data.reshape(rows, 0)
+
+
+def _transpose(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    perm = _attr(node, "perm")
+    return np.transpose(_need(x, 0), axes=None if perm is None else [int(p) for p in perm])
+
+
+def _concat(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    parts = [a for a in x if a is not None]
+    return np.concatenate(parts, axis=int(_attr(node, "axis", 0)))
+
+
+def _same_type(x: list[Array | None], count: int) -> list[Array]:
+    arrays = [_need(x, i) for i in range(count)]
+    if len({a.dtype for a in arrays}) != 1:
+        raise CannotEvaluate("its inputs have different element types")
+    return arrays
+
+
+def _binary(fn: Callable[[Array, Array], Array], floats_only: bool = False) -> Evaluator:
+    def evaluate(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+        a, b = _same_type(x, 2)
+        if floats_only and a.dtype.kind != "f":
+            raise CannotEvaluate(f"{node.op_type} of {a.dtype} (only float arithmetic is exact)")
+        if opset < 7 and int(_attr(node, "broadcast", 0)):
+            raise CannotEvaluate("legacy broadcast (opset < 7)")
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(a, b), dtype=a.dtype)
+
+    return evaluate
+
+
+def _unary(fn: Callable[[Array], Array], floats_only: bool = True) -> Evaluator:
+    def evaluate(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+        a = _need(x, 0)
+        if floats_only and a.dtype.kind != "f":
+            raise CannotEvaluate(f"{node.op_type} of {a.dtype}")
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(a), dtype=a.dtype)
+
+    return evaluate
+
+
+Evaluator = Callable[[onnx.NodeProto, list[Array | None], int], Array]
+
+EVALUATORS: dict[str, Evaluator] = {
+    "Identity": lambda node, x, opset: _need(x, 0),
+    "ConstantOfShape": _constant_of_shape,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Reshape": _reshape,
+    "Cast": _cast,
+    "Flatten": _flatten,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Div": _binary(np.divide, floats_only=True),
+    "Neg": _unary(np.negative, floats_only=False),
+    "Sqrt": _unary(np.sqrt),
+    "Reciprocal": _unary(np.reciprocal),
+}
+
+
+def _need(x: Sequence[Array | None], i: int) -> Array:
+    if i >= len(x) or x[i] is None:
+        raise CannotEvaluate(f"its input {i} is missing")
+    value = x[i]
+    assert value is not None
+    return value
+
+
+def _check_size(elements: int) -> None:
+    if elements > MAX_ELEMENTS:
+        raise CannotEvaluate(f"its result would have {elements} elements, too many to evaluate")
+
+
+def evaluate(node: onnx.NodeProto, inputs: list[Array | None], opset: int) -> Array:
+    """The value of ``node``'s first output given its constant inputs, or CannotEvaluate."""
+    evaluator = EVALUATORS.get(node.op_type)
+    if evaluator is None or node.domain not in ("", "ai.onnx"):
+        raise CannotEvaluate(f"bnfold does not evaluate {node.op_type} nodes")
+    try:
+        result = evaluator(node, inputs, opset)
+    except CannotEvaluate:
+        raise
+    except (ValueError, TypeError, IndexError, np.exceptions.AxisError) as exc:
+        raise CannotEvaluate(f"{node.op_type} does not apply to its inputs ({exc})") from None
+    _check_size(int(result.size))
+    return np.ascontiguousarray(result)
