@@ -235,7 +235,7 @@ def _output_tolerances(texts: Sequence[str]) -> dict[str, tuple[float | None, fl
 
 def _decision_table(report: FoldReport, title: str, *, only_skipped: bool = False) -> Table:
     table = _table(title)
-    table.add_column("BatchNormalization", overflow="fold")
+    table.add_column("node", overflow="fold")
     table.add_column("graph", overflow="fold")
     table.add_column("after")
     table.add_column("result")
@@ -247,8 +247,9 @@ def _decision_table(report: FoldReport, title: str, *, only_skipped: bool = Fals
         if d.through:
             producer += " via " + ", ".join(d.through)
         result = "[green]folded[/green]" if d.folded else f"[yellow]{d.reason}[/yellow]"
+        label = d.node or f"-> {d.output}"
         table.add_row(
-            escape(d.node or f"-> {d.output}"),
+            escape(label if d.op == "BatchNormalization" else f"{d.op} {label}"),
             escape(d.graph),
             escape(producer),
             result,
@@ -258,10 +259,11 @@ def _decision_table(report: FoldReport, title: str, *, only_skipped: bool = Fals
 
 
 def _summary(report: FoldReport, verb: str = "folded") -> str:
-    line = (
-        f"{report.folded} of {report.bn_total} BatchNormalization {verb}; "
-        f"nodes {report.nodes_before} -> {report.nodes_after}"
-    )
+    line = f"{report.bn_folded} of {report.bn_total} BatchNormalization"
+    scales = report.total - report.bn_total
+    if scales:
+        line += f" and {report.folded - report.bn_folded} of {scales} scale Mul/Add"
+    line += f" {verb}; nodes {report.nodes_before} -> {report.nodes_after}"
     if report.skipped:
         line += "; not folded: " + ", ".join(f"{k} x{v}" for k, v in report.reasons().items())
     return line
@@ -426,9 +428,7 @@ def _render_one(o: Outcome, mode: Mode, ui: _Ui) -> None:
     if mode == "check":
         if report.folded:
             ui.show(lambda: _decision_table(report, str(o.input)))
-        verdict = (
-            f"{report.folded} foldable BatchNormalization remain" if report.folded else "clean"
-        )
+        verdict = f"{report.folded} foldable node(s) remain" if report.folded else "clean"
         ui.say(f"{escape(str(o.input))}: {verdict}")
         return
     if report.skipped:

@@ -18,6 +18,7 @@ from onnx import helper
 from bnfold import numerics
 from bnfold.constfold import EVALUATORS
 from bnfold.graph import (
+    Constant,
     ModelIndex,
     NameAllocator,
     NotConstant,
@@ -38,6 +39,8 @@ from bnfold.rules._base import (
     TensorUpdate,
     check_mode,
     read_batchnorm,
+    read_scale,
+    split_constant,
     walk_chain,
 )
 
@@ -186,17 +189,76 @@ class FoldEngine:
         folded_any = False
         for scope in index.scopes:
             for node in scope.nodes:
-                if not is_op(node, "BatchNormalization"):
-                    continue
                 key = (scope.path, node.output[0] if node.output else node.name)
                 try:
-                    decision = self._consider(scope, node, dirty, pending)
+                    if is_op(node, "BatchNormalization"):
+                        decision: BNDecision | None = self._consider(scope, node, dirty, pending)
+                    elif is_op(node, "Mul") or is_op(node, "Add"):
+                        decision = self._consider_scale(scope, node, dirty, pending)
+                    else:
+                        continue
                 except Defer:
+                    continue
+                if decision is None:
                     continue
                 self.decisions[key] = decision
                 folded_any = folded_any or decision.folded
         self._apply_structure(index, pending)
         return folded_any
+
+    def _consider_scale(
+        self, scope: Scope, node: onnx.NodeProto, dirty: set[int], pending: _Pending
+    ) -> BNDecision | None:
+        """A Mul or Add by a per-channel constant right after a layer folds like a BN does.
+
+        Returns None for a Mul/Add that is not such a scale layer (no constant side, or not after
+        a layer bnfold folds into), so the report lists only real candidates.
+        """
+        if len(node.input) != 2 or len(node.output) != 1:
+            return None
+        const, x = split_constant(scope, node)
+        if const is None or x is None:
+            return None
+        if node.op_type == "Add" and _feeds_batchnorm(scope, node):
+            return None  # the BatchNormalization after it folds it in, with its own decision
+        producer = _layer_before(scope, x)
+        if producer is None or producer.op_type not in self.rules:
+            return None
+        chain: Chain | None = None
+
+        def decision(reason: Reason, message: str) -> BNDecision:
+            return BNDecision(
+                node=node.name,
+                output=node.output[0],
+                graph=scope.path,
+                status="folded" if reason is Reason.FOLDED else "skipped",
+                reason=reason.value,
+                message=message,
+                producer=producer.op_type,
+                producer_node=producer.name or producer.output[0],
+                through=tuple(n.op_type for n in reversed(chain.through)) if chain else (),
+                op=node.op_type,
+            )
+
+        try:
+            chain = walk_chain(scope, node, tuple(self.rules), _is_dirty(dirty), start=x)
+            if id(node) in dirty:
+                raise Defer
+            rule = self.rules[chain.producer.op_type]
+            channels, rank = rule.output_channels(self, scope, chain.producer)
+            scale = read_scale(scope, node, const, x, channels, rank)
+            plan = rule.plan(self, scope, scale, chain)
+        except Skip as skip:
+            if producer.op_type == "MatMul":
+                return None  # MatMul + bias Add is everywhere in transformers: not a scale layer
+            return decision(skip.reason, skip.message)
+        self._apply(scope, node, chain, plan, pending, params=scale.params)
+        dirty.update(id(n) for n in (node, chain.producer, *chain.through))
+        target = chain.producer.name or chain.producer.output[0]
+        verb = "scale" if node.op_type == "Mul" else "shift"
+        return decision(
+            Reason.FOLDED, f"per-channel {verb} folded into {chain.producer.op_type} '{target}'"
+        )
 
     def _consider(
         self, scope: Scope, bn_node: onnx.NodeProto, dirty: set[int], pending: _Pending
@@ -254,17 +316,23 @@ class FoldEngine:
         chain: Chain,
         plan: FoldPlan,
         pending: _Pending,
+        params: Sequence[Constant] | None = None,
     ) -> None:
+        """Rewrite the producer with the plan and drop ``bn`` (a BN, or a scale Mul/Add whose
+        constant is ``params``) and the nodes between them."""
         producer = chain.producer
         for update in plan.updates:
             self._write_input(scope, producer, update, pending)
         for const in chain.adds:
             self.released.constants[(const.scope.path, const.name)] = None
-        for name in bn.input[1:5]:
-            try:
-                const = scope.constant(name)
-            except NotConstant:
-                continue
+        if params is None:
+            params = []
+            for name in bn.input[1:5]:
+                try:
+                    params.append(scope.constant(name))
+                except NotConstant:
+                    continue
+        for const in params:
             self.released.constants[(const.scope.path, const.name)] = None
         for node in chain.through:
             self.released.values[(scope.path, node.input[0])] = None
@@ -383,6 +451,29 @@ class FoldEngine:
             for i in reversed(range(len(graph.value_info))):
                 if graph.value_info[i].name in stale_names:
                     del graph.value_info[i]
+
+
+def _feeds_batchnorm(scope: Scope, node: onnx.NodeProto) -> bool:
+    readers = scope.consumer_nodes(node.output[0])
+    return len(readers) == 1 and is_op(readers[0], "BatchNormalization")
+
+
+def _layer_before(scope: Scope, name: str) -> onnx.NodeProto | None:
+    """The first node before ``name`` that is not an Identity or a constant Add (no use checks)."""
+    for _ in range(64):
+        node = scope.producer_of(name)
+        if node is None:
+            return None
+        if is_op(node, "Identity"):
+            name = node.input[0]
+            continue
+        if is_op(node, "Add") and len(node.input) == 2:
+            const, other = split_constant(scope, node)
+            if const is not None and other is not None:
+                name = other
+                continue
+        return node
+    return None
 
 
 def _removable(scope: Scope, node: onnx.NodeProto, readers_left: dict[str, int]) -> bool:

@@ -16,10 +16,11 @@ Status = Literal["folded", "skipped"]
 
 @dataclass(frozen=True)
 class BNDecision:
-    """What happened to one BatchNormalization node, and why.
+    """What happened to one BatchNormalization node (or per-channel Mul/Add), and why.
 
     ``reason`` is a stable machine-readable code (see ``bnfold.rules.Reason``); ``message`` is the
-    same thing as a sentence for a person.
+    same thing as a sentence for a person. ``op`` is the node's type: BatchNormalization, or Mul
+    and Add for the per-channel scale layers that converters emit after a layer.
     """
 
     node: str
@@ -31,6 +32,7 @@ class BNDecision:
     producer: str | None = None
     producer_node: str | None = None
     through: tuple[str, ...] = ()
+    op: str = "BatchNormalization"
 
     @property
     def folded(self) -> bool:
@@ -47,28 +49,39 @@ class BNDecision:
             "producer": self.producer,
             "producer_node": self.producer_node,
             "through": list(self.through),
+            "op": self.op,
         }
 
 
 @dataclass(frozen=True)
 class FoldReport:
-    """Every BatchNormalization decision in the model, in graph order, with totals."""
+    """Every decision in the model (BatchNormalization, then scale Mul/Add), with totals."""
 
     decisions: tuple[BNDecision, ...]
     nodes_before: int
     nodes_after: int
 
     @property
-    def bn_total(self) -> int:
+    def total(self) -> int:
+        """Decisions of every kind: BatchNormalization and per-channel Mul/Add."""
         return len(self.decisions)
 
     @property
+    def bn_total(self) -> int:
+        return sum(1 for d in self.decisions if d.op == "BatchNormalization")
+
+    @property
+    def bn_folded(self) -> int:
+        return sum(1 for d in self.decisions if d.folded and d.op == "BatchNormalization")
+
+    @property
     def folded(self) -> int:
+        """Nodes folded away, of every kind."""
         return sum(1 for d in self.decisions if d.folded)
 
     @property
     def skipped(self) -> int:
-        return self.bn_total - self.folded
+        return self.total - self.folded
 
     @property
     def changed(self) -> bool:
@@ -84,7 +97,9 @@ class FoldReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "total": self.total,
             "bn_total": self.bn_total,
+            "bn_folded": self.bn_folded,
             "folded": self.folded,
             "skipped": self.skipped,
             "nodes_before": self.nodes_before,

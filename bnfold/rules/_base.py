@@ -76,6 +76,7 @@ class BatchNorm:
     mean: F64
     beta: F64
     params: tuple[Constant, ...]
+    op: str = "BatchNormalization"  # or "Mul" / "Add": a per-channel scale layer
 
     @property
     def channels(self) -> int:
@@ -169,6 +170,15 @@ def check_dtypes(scope: Scope, bn: BatchNorm, x_type: int) -> None:
             Reason.UNSUPPORTED_DTYPE,
             f"the producer's weight is {numerics.dtype_name(x_type)}, not a float type",
         )
+    if bn.op != "BatchNormalization":
+        const = bn.params[0]
+        if const.elem_type != x_type:
+            raise Skip(
+                Reason.UNSUPPORTED_DTYPE,
+                f"its constant '{const.name}' is {numerics.dtype_name(const.elem_type)}, the "
+                f"layer's weight {numerics.dtype_name(x_type)}",
+            )
+        return
     scale_t, b_t, mean_t, var_t = (c.elem_type for c in bn.params)
     if scope.opset >= 15:
         legal = scale_t == b_t and mean_t == var_t
@@ -218,14 +228,16 @@ def walk_chain(
     bn: onnx.NodeProto,
     producer_ops: tuple[str, ...],
     is_dirty: Callable[[onnx.NodeProto], bool] = lambda node: False,
+    start: str | None = None,
 ) -> Chain:
-    """Follow BN's input back through Identity and constant Add nodes to the layer that makes it.
+    """Follow BN's input (or ``start``, the data input of a Mul/Add) back through Identity and
+    constant Add nodes to the layer that makes it.
 
     Raises Defer on meeting a node that an earlier fold of this pass changed.
     """
     through: list[onnx.NodeProto] = []
     adds: list[Constant] = []
-    name, reader = bn.input[0], bn
+    name, reader = (start if start is not None else bn.input[0]), bn
     while True:
         node = scope.producer_of(name)
         if node is None:
@@ -261,6 +273,12 @@ def walk_chain(
             f"it follows {describe(node)}{via}; only Conv, ConvTranspose, Gemm and MatMul "
             "are folded",
         )
+
+
+def split_constant(scope: Scope, node: onnx.NodeProto) -> tuple[Constant | None, str | None]:
+    """(constant operand, the other operand's name) of a binary node with exactly one constant
+    side; (None, None) otherwise."""
+    return _split_add(scope, node)
 
 
 def _split_add(scope: Scope, node: onnx.NodeProto) -> tuple[Constant | None, str | None]:
@@ -308,6 +326,29 @@ def added_bias(chain: Chain, rank: int, channels: int) -> F64:
             const.array(), rank, channels, f"the added constant '{const.name}'"
         )
     return total
+
+
+def read_scale(
+    scope: Scope, node: onnx.NodeProto, const: Constant, x: str, channels: int, rank: int
+) -> BatchNorm:
+    """A Mul (scale) or Add (shift) by a per-channel constant, as the BN it is equivalent to."""
+    values = per_channel(const.array(), rank, channels, f"its constant '{const.name}'")
+    zeros = np.zeros(channels, dtype=np.float64)
+    if node.op_type == "Mul":
+        s, beta = values, zeros
+    else:
+        s, beta = np.ones(channels, dtype=np.float64), values
+    return BatchNorm(
+        node=node,
+        x=x,
+        y=node.output[0],
+        epsilon=0.0,
+        s=s,
+        mean=zeros,
+        beta=beta,
+        params=(const,),
+        op=node.op_type,
+    )
 
 
 def check_channels(bn: BatchNorm, channels: int, producer: onnx.NodeProto) -> None:
@@ -375,6 +416,12 @@ class FoldRule(Protocol):
     def op_types(self) -> tuple[str, ...]: ...
 
     def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan: ...
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    ) -> tuple[int, int]:
+        """(channels, rank) of the producer's output, or Skip: what a Mul/Add must fit."""
+        ...
 
 
 def weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) -> Constant:

@@ -7,6 +7,8 @@ channel is always axis 0. A missing bias is created; an existing one becomes s *
 
 from __future__ import annotations
 
+import onnx
+
 from bnfold import numerics
 from bnfold.graph import Scope
 from bnfold.rules._base import (
@@ -59,6 +61,16 @@ class ConvBN:
                 TensorUpdate(2, new_b, w.elem_type, b.name if b else f"{conv.name or w.name}_bias"),
             ]
         )
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    ) -> tuple[int, int]:
+        w = weight(scope, producer, 1, "weight")
+        if len(w.shape) < 3:
+            raise Skip(
+                Reason.SHAPE_MISMATCH, f"{describe(producer)} has a weight of rank {len(w.shape)}"
+            )
+        return w.shape[0], len(w.shape)
 
 
 RULE = ConvBN()

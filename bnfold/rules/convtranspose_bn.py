@@ -7,6 +7,8 @@ onnxoptimizer patch did) is wrong for every ConvTranspose.
 
 from __future__ import annotations
 
+import onnx
+
 from bnfold import numerics
 from bnfold.graph import Scope, attr_is_reference, get_attr
 from bnfold.rules._base import (
@@ -71,6 +73,17 @@ class ConvTransposeBN:
                 ),
             ]
         )
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    ) -> tuple[int, int]:
+        w = weight(scope, producer, 1, "weight")
+        group = int(get_attr(producer, "group", 1))
+        if len(w.shape) < 3:
+            raise Skip(
+                Reason.SHAPE_MISMATCH, f"{describe(producer)} has a weight of rank {len(w.shape)}"
+            )
+        return w.shape[1] * group, len(w.shape)
 
 
 RULE = ConvTransposeBN()

@@ -7,6 +7,7 @@ it is (exact); beta is folded into the new C, which may be absent, a scalar, [N]
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from bnfold import numerics
 from bnfold.graph import Scope, attr_is_reference, get_attr
@@ -66,6 +67,14 @@ class GemmBN:
             set_attrs=set_attrs,
             del_attrs=("beta",),
         )
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    ) -> tuple[int, int]:
+        b = weight(scope, producer, 1, "B")
+        if len(b.shape) != 2:
+            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(producer)} B has shape {list(b.shape)}")
+        return (b.shape[0] if int(get_attr(producer, "transB", 0)) else b.shape[1]), 2
 
 
 RULE = GemmBN()

@@ -7,6 +7,8 @@ rank must be known and equal 2. The result is one Gemm: A @ B' + C'.
 
 from __future__ import annotations
 
+import onnx
+
 from bnfold import numerics
 from bnfold.graph import Scope
 from bnfold.rules._base import (
@@ -40,22 +42,7 @@ class MatMulBN:
                 f"{describe(matmul)} B has rank {len(b.shape)}; only a 2-D B has one "
                 "column per channel",
             )
-        rank = ctx.rank(scope, matmul.output[0]) or ctx.rank(scope, bn.x)
-        if rank is None:
-            a_rank = ctx.rank(scope, matmul.input[0])
-            rank = None if a_rank is None else max(a_rank, 2)
-        if rank is None:
-            raise Skip(
-                Reason.UNKNOWN_RANK,
-                f"the rank of {describe(matmul)}'s output is unknown; BN's channel axis 1 is "
-                "B's column axis only for a 2-D output",
-            )
-        if rank != 2:
-            raise Skip(
-                Reason.NOT_PER_CHANNEL,
-                f"{describe(matmul)} gives a rank-{rank} output: BN normalizes its axis 1, "
-                "not the last (B's column) axis",
-            )
+        _check_rank_2(ctx, scope, matmul, bn.x)
         channels = b.shape[1]
         check_channels(bn, channels, matmul)
         new_b = rounded_scaled(b.array(), bn.s[None, :], b.elem_type, "B")
@@ -69,6 +56,35 @@ class MatMulBN:
             ],
             op_type="Gemm",
             set_attrs=set_attrs,
+        )
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    ) -> tuple[int, int]:
+        b = weight(scope, producer, 1, "B")
+        if len(b.shape) != 2:
+            raise Skip(Reason.NOT_PER_CHANNEL, f"{describe(producer)} B has rank {len(b.shape)}")
+        _check_rank_2(ctx, scope, producer, producer.output[0])
+        return b.shape[1], 2
+
+
+def _check_rank_2(ctx: RuleContext, scope: Scope, matmul: onnx.NodeProto, after: str) -> None:
+    """Skip unless the MatMul's output is 2-D: only then is axis 1 B's column axis."""
+    rank = ctx.rank(scope, matmul.output[0]) or ctx.rank(scope, after)
+    if rank is None:
+        a_rank = ctx.rank(scope, matmul.input[0])
+        rank = None if a_rank is None else max(a_rank, 2)
+    if rank is None:
+        raise Skip(
+            Reason.UNKNOWN_RANK,
+            f"the rank of {describe(matmul)}'s output is unknown; its channel axis 1 is "
+            "B's column axis only for a 2-D output",
+        )
+    if rank != 2:
+        raise Skip(
+            Reason.NOT_PER_CHANNEL,
+            f"{describe(matmul)} gives a rank-{rank} output: axis 1 is not the last (B's "
+            "column) axis",
         )
 
 
