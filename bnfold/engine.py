@@ -23,13 +23,15 @@ from bnfold.graph import (
     NameAllocator,
     NotConstant,
     Scope,
+    Shape,
     del_attr,
     is_op,
     set_attr,
-    value_rank,
+    type_shape,
+    value_shape,
 )
 from bnfold.report import BNDecision, FoldReport
-from bnfold.rules import DEFAULT_RULES, FoldRule
+from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
 from bnfold.rules._base import (
     Chain,
     Defer,
@@ -38,6 +40,7 @@ from bnfold.rules._base import (
     Skip,
     TensorUpdate,
     check_mode,
+    find_following,
     read_batchnorm,
     read_scale,
     split_constant,
@@ -54,35 +57,39 @@ def count_nodes(model: onnx.ModelProto) -> int:
 
 
 class _Ranks:
-    """Tensor ranks: declared ones first, onnx shape inference (on a weightless copy) on demand."""
+    """Tensor shapes: declared ones first, onnx shape inference (on a weightless copy) on demand."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self._inferred: dict[str, int] | None = None
+        self._inferred: dict[str, Shape] | None = None
         self.failure: str | None = None
 
     def rank(self, scope: Scope, name: str) -> int | None:
-        declared = value_rank(scope, name)
-        if declared is not None:
+        shape = self.shape(scope, name)
+        return None if shape is None else len(shape)
+
+    def shape(self, scope: Scope, name: str) -> Shape | None:
+        declared = value_shape(scope, name)
+        if declared is not None and all(d is not None for d in declared):
             return declared
         if self._inferred is None:
             self._inferred = self._infer()
-        return self._inferred.get(name)
+        return self._inferred.get(name, declared)
 
-    def _infer(self) -> dict[str, int]:
+    def _infer(self) -> dict[str, Shape]:
         light = _weightless_copy(self.model)
         try:
             inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
         except Exception as exc:  # shape inference is best effort; the BN is skipped, with why
             self.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
             return {}
-        ranks: dict[str, int] = {}
+        ranks: dict[str, Shape] = {}
 
         def collect(graph: onnx.GraphProto) -> None:
             for vi in (*graph.value_info, *graph.output, *graph.input):
-                tt = vi.type.tensor_type
-                if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-                    ranks.setdefault(vi.name, len(tt.shape.dim))
+                found = type_shape(vi.type) if vi.type.HasField("tensor_type") else None
+                if found is not None:
+                    ranks.setdefault(vi.name, found)
             for node in graph.node:
                 for attr in node.attribute:
                     if attr.type == onnx.AttributeProto.GRAPH:
@@ -149,10 +156,12 @@ class FoldEngine:
         rules: Sequence[FoldRule] = DEFAULT_RULES,
         *,
         base_dir: str | os.PathLike[str] | None = None,
+        forward_rules: Sequence[ForwardRule] = FORWARD_RULES,
     ) -> None:
         self.model = model
         self.base_dir = base_dir
         self.rules = {op: rule for rule in rules for op in rule.op_types}
+        self.forward_rules = {op: rule for rule in forward_rules for op in rule.op_types}
         self.ranks = _Ranks(model)
         self.decisions: dict[tuple[str, str], BNDecision] = {}
         self.released = _Released()
@@ -161,6 +170,9 @@ class FoldEngine:
     # RuleContext
     def rank(self, scope: Scope, name: str) -> int | None:
         return self.ranks.rank(scope, name)
+
+    def shape(self, scope: Scope, name: str) -> Shape | None:
+        return self.ranks.shape(scope, name)
 
     def run(self) -> FoldReport:
         nodes_before = count_nodes(self.model)
@@ -287,7 +299,16 @@ class FoldEngine:
             rule = self.rules[chain.producer.op_type]
             plan = rule.plan(self, scope, bn, chain)
         except Skip as skip:
-            if skip.reason is Reason.UNKNOWN_RANK and self.ranks.failure:
+            if skip.reason not in _BN_ITSELF:
+                forward = self._fold_forward(scope, bn_node, dirty, pending)
+                if isinstance(forward, str):
+                    return decision(Reason.FOLDED, forward)
+                if forward is not None:
+                    skip = Skip(
+                        forward.reason,
+                        f"{forward.message} (and not into the layer before it: {skip.message})",
+                    )
+            if skip.reason in (Reason.UNKNOWN_RANK, Reason.UNKNOWN_SHAPE) and self.ranks.failure:
                 return decision(
                     skip.reason, f"{skip.message} (shape inference failed: {self.ranks.failure})"
                 )
@@ -306,6 +327,40 @@ class FoldEngine:
             else (f"folded into {chain.producer.op_type} '{target}'")
         )
         return decision(Reason.FOLDED, f"{verb}{via}")
+
+    def _fold_forward(
+        self, scope: Scope, bn_node: onnx.NodeProto, dirty: set[int], pending: _Pending
+    ) -> str | Skip | None:
+        """Fold the BN into the Conv/Gemm after it: the message when folded, the Skip when that
+        layer cannot take it, None when no such layer follows."""
+        following = find_following(scope, bn_node, tuple(self.forward_rules))
+        if following is None:
+            return None
+        touched = (bn_node, following.consumer, following.flatten)
+        if any(n is not None and id(n) in dirty for n in touched):
+            raise Defer
+        consumer = following.consumer
+        try:
+            bn = read_batchnorm(scope, bn_node)
+            rule = self.forward_rules[consumer.op_type]
+            plan = rule.plan_forward(self, scope, bn, following)
+        except Skip as skip:
+            return skip
+        for update in plan.updates:
+            self._write_input(scope, consumer, update, pending)
+        for const in bn.params:
+            self.released.constants[(const.scope.path, const.name)] = None
+        self.released.values[(scope.path, bn_node.output[0])] = None
+        (following.flatten or consumer).input[0] = bn.x
+        for attr in plan.del_attrs:
+            del_attr(consumer, attr)
+        for attr, value in plan.set_attrs.items():
+            set_attr(consumer, attr, value)
+        pending.deletes.setdefault(scope.path, []).append(bn_node)
+        dirty.update(id(n) for n in touched if n is not None)
+        via = " through Flatten" if following.flatten is not None else ""
+        target = consumer.name or consumer.output[0]
+        return f"folded into the {consumer.op_type} '{target}' after it{via}"
 
     # -- applying a plan -------------------------------------------------------------------------
 
@@ -451,6 +506,18 @@ class FoldEngine:
             for i in reversed(range(len(graph.value_info))):
                 if graph.value_info[i].name in stale_names:
                     del graph.value_info[i]
+
+
+#: Reasons that are about the BatchNormalization itself: no layer, before or after, can take it.
+_BN_ITSELF = frozenset(
+    {
+        Reason.TRAINING_MODE,
+        Reason.EXTRA_OUTPUTS,
+        Reason.SPATIAL_MODE,
+        Reason.NON_CONSTANT_PARAM,
+        Reason.FUNCTION_ATTRIBUTE,
+    }
+)
 
 
 def _feeds_batchnorm(scope: Scope, node: onnx.NodeProto) -> bool:

@@ -443,19 +443,36 @@ def model_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
+Shape = tuple[int | None, ...]  # None: a symbolic or unknown dimension
+
+
 def value_rank(scope: Scope, name: str) -> int | None:
     """The rank of ``name`` where the model declares it (value_info, inputs, initializers)."""
+    shape = value_shape(scope, name)
+    return None if shape is None else len(shape)
+
+
+def value_shape(scope: Scope, name: str) -> Shape | None:
+    """The shape of ``name`` where the model declares it (value_info, inputs, initializers)."""
     s: Scope | None = scope
     while s is not None:
         if s.graph is not None:
             for vi in (*s.graph.value_info, *s.graph.input, *s.graph.output):
                 if vi.name == name and vi.type.HasField("tensor_type"):
-                    tt = vi.type.tensor_type
-                    if tt.HasField("shape"):
-                        return len(tt.shape.dim)
+                    found = type_shape(vi.type)
+                    if found is not None:
+                        return found
             if name in s.initializers:
-                return len(s.initializers[name].dims)
+                return tuple(int(d) for d in s.initializers[name].dims)
         if s.defines(name):
             return None
         s = s.parent
     return None
+
+
+def type_shape(t: onnx.TypeProto) -> Shape | None:
+    """The (possibly partial) shape of a tensor type, or None when even the rank is unknown."""
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)

@@ -154,6 +154,29 @@ def non_finite() -> onnx.ModelProto:
     return make_model(nodes, [x], [vinfo("y", TensorProto.FLOAT16, [1, C, 4, 4])], inits)
 
 
+def padded_conv() -> onnx.ModelProto:
+    """BN on the graph input, then a Conv with zero padding: neither side can take it."""
+    x = vinfo("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    params = bn_params(np.random.default_rng(0), 3)
+    nodes = [bn_node("x", "n", "bn"), helper.make_node("Conv", ["n", "w"], ["y"], pads=[1] * 4)]
+    w = tensor("w", RNG.normal(0, 0.5, (C, 3, 3, 3)).astype(np.float32))
+    return make_model(nodes, [x], [Y], [w, *bn_initializers("bn", params)])
+
+
+def unknown_shape() -> onnx.ModelProto:
+    """BN -> Flatten -> Gemm where nothing says the spatial size is 1."""
+    x = vinfo("x", TensorProto.FLOAT, [1, 3, "H", "W"])
+    params = bn_params(np.random.default_rng(0), 3)
+    nodes = [
+        bn_node("x", "n", "bn"),
+        helper.make_node("Flatten", ["n"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["y"]),
+    ]
+    g = tensor("g", RNG.normal(0, 0.5, (3, 2)).astype(np.float32))
+    out = vinfo("y", TensorProto.FLOAT, [1, 2])
+    return make_model(nodes, [x], [out], [g, *bn_initializers("bn", params)])
+
+
 CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "training_mode": (training_mode, Reason.TRAINING_MODE),
     "extra_outputs": (extra_outputs, Reason.EXTRA_OUTPUTS),
@@ -171,6 +194,8 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "unknown_rank": (unknown_rank, Reason.UNKNOWN_RANK),
     "unsupported_dtype": (unsupported_dtype, Reason.UNSUPPORTED_DTYPE),
     "non_finite": (non_finite, Reason.NON_FINITE),
+    "padded_conv": (padded_conv, Reason.PADDED_CONV),
+    "unknown_shape": (unknown_shape, Reason.UNKNOWN_SHAPE),
 }
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bnfold.rules import conv_bn, convtranspose_bn, gemm_bn, matmul_bn
-from bnfold.rules._base import FoldRule, Reason, Skip
+from bnfold.rules import bn_into_conv, bn_into_gemm, conv_bn, convtranspose_bn, gemm_bn, matmul_bn
+from bnfold.rules._base import FoldRule, ForwardRule, Reason, Skip
 
 DEFAULT_RULES: tuple[FoldRule, ...] = (
     conv_bn.RULE,
@@ -12,4 +12,10 @@ DEFAULT_RULES: tuple[FoldRule, ...] = (
     matmul_bn.RULE,
 )
 
-__all__ = ["DEFAULT_RULES", "FoldRule", "Reason", "Skip"]
+#: Rules for a BatchNormalization that cannot fold into the layer before it: into the one after.
+FORWARD_RULES: tuple[ForwardRule, ...] = (
+    bn_into_conv.RULE,
+    bn_into_gemm.RULE,
+)
+
+__all__ = ["DEFAULT_RULES", "FORWARD_RULES", "FoldRule", "ForwardRule", "Reason", "Skip"]

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import onnx
 
 from bnfold import numerics
-from bnfold.graph import Constant, NotConstant, Scope, attr_is_reference, get_attr, is_op
+from bnfold.graph import Constant, NotConstant, Scope, Shape, attr_is_reference, get_attr, is_op
 
 F64 = numerics.F64
 
@@ -40,6 +40,8 @@ class Reason(str, Enum):
     UNKNOWN_RANK = "unknown_rank"
     UNSUPPORTED_DTYPE = "unsupported_dtype"
     NON_FINITE = "non_finite"
+    PADDED_CONV = "padded_conv"
+    UNKNOWN_SHAPE = "unknown_shape"
 
 
 class Skip(Exception):
@@ -382,6 +384,60 @@ def _finite(out: npt.NDArray[Any], elem_type: int, what: str) -> npt.NDArray[Any
     return out
 
 
+# -- from the BatchNormalization forward to the layer after it ---------------------------------
+
+
+@dataclass
+class Following:
+    """The layer that reads a BatchNormalization's output, directly or through a Flatten."""
+
+    consumer: onnx.NodeProto
+    flatten: onnx.NodeProto | None = None
+
+
+def find_following(
+    scope: Scope, bn: onnx.NodeProto, consumer_ops: tuple[str, ...]
+) -> Following | None:
+    """The only reader of BN's output when it is one of ``consumer_ops`` reading it as its data
+    input (or a Flatten whose only reader is), else None: then there is nothing to fold into."""
+
+    def only_reader(name: str) -> onnx.NodeProto | None:
+        if name in scope.output_set or scope.uses(name) != 1:
+            return None
+        readers = scope.consumer_nodes(name)
+        if len(readers) != 1 or list(readers[0].input).count(name) != 1:
+            return None
+        return readers[0] if readers[0].input[0] == name else None
+
+    reader = only_reader(bn.output[0])
+    flatten = None
+    if reader is not None and is_op(reader, "Flatten") and len(reader.output) == 1:
+        flatten, reader = reader, only_reader(reader.output[0])
+    if reader is None or reader.domain not in ("", "ai.onnx") or reader.op_type not in consumer_ops:
+        return None
+    if flatten is not None and reader.op_type != "Gemm":
+        return None
+    return Following(reader, flatten)
+
+
+class ForwardRule(Protocol):
+    """One consumer type: folds a BatchNormalization into the layer after it."""
+
+    @property
+    def op_types(self) -> tuple[str, ...]: ...
+
+    def plan_forward(
+        self, ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following
+    ) -> FoldPlan: ...
+
+
+def input_shift(bn: BatchNorm) -> F64:
+    """t = beta - s * mean: BN(x) = s * x + t, per channel."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        shift: F64 = bn.beta - bn.s * bn.mean
+    return shift
+
+
 # -- what a rule returns ---------------------------------------------------------------------
 
 
@@ -407,6 +463,8 @@ class RuleContext(Protocol):
     """What a rule may ask of the engine beyond the scope's own index."""
 
     def rank(self, scope: Scope, name: str) -> int | None: ...
+
+    def shape(self, scope: Scope, name: str) -> Shape | None: ...
 
 
 class FoldRule(Protocol):
