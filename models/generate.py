@@ -17,14 +17,17 @@ are scaled per output channel by sqrt(var), so the folded scale gamma / sqrt(var
 (after a Relu or another BN) has its gain capped at 1 instead.
 
 The demo (input "image" [N, 3, 32, 32]; outputs "logits" [N, 10] and "features" [N, 16, 32, 32])
-holds 10 BNs that fold, one per pattern bnfold supports:
-  Conv (no bias) -> BN, Conv (bias) -> BN, depthwise Conv -> BN, Conv -> Add([C,1,1] const) -> BN,
-  Conv -> Identity -> BN, Conv -> BN -> BN (the second folds after the first), grouped
-  ConvTranspose (group=2) -> BN, Gemm -> BN and MatMul (constant [K, M]) -> BN on a 2-D tensor;
+holds 11 BNs that fold, one per pattern bnfold supports:
+  Conv (no bias) -> BN, Conv (bias) -> BN followed by a Caffe-style Mul/Add scale pair (which folds
+  too), depthwise Conv -> BN, Conv -> Add([C,1,1] const) -> BN, Conv -> Identity -> BN, a BN after
+  a Relu into the unpadded 1x1 Conv after it, Conv -> BN -> BN (the second folds after the first),
+  grouped ConvTranspose (group=2) -> BN, Gemm -> BN and MatMul (constant [K, M]) -> BN on a 2-D
+  tensor;
 and 4 BNs that must not fold, each for a different reason:
-  after a Relu (no linear producer), after a Conv whose output a residual Add also reads (shared
-  output), with a scale initializer that is also a graph input and so can be overridden at run
-  time (non-constant parameter), after a Conv whose output is also the graph output "features".
+  after a Relu and before a padded 3x3 Conv (padded_conv), after a Conv whose output a residual Add
+  also reads (shared output), with a scale initializer that is also a graph input and so can be
+  overridden at run time (non-constant parameter), after a Conv whose output is also the graph
+  output "features".
 """
 
 from __future__ import annotations
@@ -221,12 +224,15 @@ class Builder:
 
 
 def build_demo() -> onnx.ModelProto:
-    """Small model with 10 foldable and 4 unfoldable BNs (see the module docstring)."""
+    """Small model with 11 foldable and 4 unfoldable BNs (see the module docstring)."""
     b = Builder(2024)
     # foldable: Conv (no bias) -> BN
     x = b.cbr("image", 3, 16, 3)
-    # foldable: Conv (bias) -> BN
-    x = b.node("Relu", [b.conv_bn(x, 16, 16, 3, bias=True)])
+    # foldable: Conv (bias) -> BN, then a Caffe-style Scale pair Mul([C,1,1]) -> Add([C,1,1])
+    y = b.conv_bn(x, 16, 16, 3, bias=True)
+    y = b.node("Mul", [y, b.const("scale_gamma", b.rng.uniform(0.5, 1.5, (16, 1, 1)))])
+    y = b.node("Add", [y, b.const("scale_beta", b.rng.normal(0.0, 0.1, (16, 1, 1)))])
+    x = b.node("Relu", [y])
     # foldable: depthwise Conv -> BN
     x = b.cbr(x, 16, 16, 3, group=16)
     # foldable: Conv -> Add(per-channel [C, 1, 1] constant) -> BN
@@ -238,9 +244,11 @@ def build_demo() -> onnx.ModelProto:
     s = b.stats(24)
     y = b.node("Identity", [b.conv(x, 24, 24, 3, stride=2, chan_scale=b.std(s))])
     x = b.node("Relu", [b.bn(y, s)])
+    # foldable into the layer after it: BN after a Relu, then an unpadded 1x1 Conv
+    x = b.node("Relu", [b.conv(b.bn(x, b.capped_stats(24)), 24, 24, 1)])
     # foldable: Conv -> BN -> BN (the second BN folds once the first has)
     x = b.node("Relu", [b.bn(b.conv_bn(x, 24, 32, 3), b.capped_stats(32))])
-    # unfoldable (no linear producer): BN after a Relu
+    # unfoldable (padded_conv): BN after a Relu, before a padded 3x3 Conv
     x = b.bn(x, b.capped_stats(32))
     # unfoldable (shared output): the residual Add also reads the conv output
     s = b.stats(32, gain=0.5)
