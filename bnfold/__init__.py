@@ -1,7 +1,7 @@
 """bnfold: fold BatchNormalization into the layer before it, and prove the model is unchanged.
 
-Public API: ``fold_model``, ``fold_file``, ``verify`` and the result types. Names are imported on
-first use, so that ``import bnfold`` (and the verification child process, which needs neither the
+Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark`` and the result types. Names are
+imported on first use, so that ``import bnfold`` (and the verification child process, which needs neither the
 fold engine nor onnx) stays cheap; onnxruntime is only ever imported in that child process. The
 verification code lives in ``bnfold.verification`` so that ``bnfold.verify`` is always the function.
 """
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "BNDecision": "bnfold.report",
+    "BenchReport": "bnfold.bench",
     "BnfoldError": "bnfold.errors",
     "FileFoldResult": "bnfold.api",
     "FoldReport": "bnfold.report",
@@ -27,6 +28,7 @@ _EXPORTS = {
     "UsageError": "bnfold.errors",
     "VerificationFailed": "bnfold.errors",
     "VerifyReport": "bnfold.verification",
+    "benchmark": "bnfold.bench",
     "default_output": "bnfold.api",
     "fold_file": "bnfold.api",
     "fold_model": "bnfold.api",
@@ -35,6 +37,7 @@ _EXPORTS = {
 
 __all__ = [
     "BNDecision",
+    "BenchReport",
     "BnfoldError",
     "FileFoldResult",
     "FoldReport",
@@ -47,6 +50,7 @@ __all__ = [
     "VerificationFailed",
     "VerifyReport",
     "__version__",
+    "benchmark",
     "default_output",
     "fold_file",
     "fold_model",
@@ -55,6 +59,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from bnfold.api import FileFoldResult, default_output, fold_file, fold_model
+    from bnfold.bench import BenchReport, benchmark
     from bnfold.errors import (
         BnfoldError,
         InputError,

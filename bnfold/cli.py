@@ -317,7 +317,11 @@ def _batch_table(outcomes: Sequence[Outcome], mode: Mode) -> Table:
         if o.status in ("unverified", "unchanged", "inspected", "clean"):
             style = "yellow" if o.status == "unverified" else "green"
         r = o.result.report if o.result else None
-        counts = f"{r.folded}/{r.bn_total}" if r else "-"
+        counts = "-"
+        if r is not None:
+            counts = f"{r.bn_folded}/{r.bn_total}"
+            if r.folded > r.bn_folded:
+                counts += f" +{r.folded - r.bn_folded} Mul/Add"
         nodes = f"{r.nodes_before} -> {r.nodes_after}" if r and mode == "fold" else "-"
         if mode != "fold":
             last = ", ".join(f"{k} x{v}" for k, v in r.reasons().items()) if r else ""

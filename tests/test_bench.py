@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bnfold.bench import benchmark
+from bnfold import benchmark
 from bnfold.errors import InputError, UsageError
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 from tests.test_cli import digest, files, invoke
