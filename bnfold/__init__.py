@@ -1,9 +1,10 @@
 """bnfold: fold BatchNormalization into the layer before it, and prove the model is unchanged.
 
-Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark`` and the result types. Names are
-imported on first use, so that ``import bnfold`` (and the verification child process, which needs neither the
-fold engine nor onnx) stays cheap; onnxruntime is only ever imported in that child process. The
-verification code lives in ``bnfold.verification`` so that ``bnfold.verify`` is always the function.
+Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark`` and the result types.
+Names are imported on first use, so that ``import bnfold`` (and the verification child process,
+which needs neither the fold engine nor onnx) stays cheap; onnxruntime is only ever imported in
+a child process. The verification code lives in ``bnfold.verification`` so that
+``bnfold.verify`` is always the function.
 """
 
 from __future__ import annotations
