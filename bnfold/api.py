@@ -119,11 +119,16 @@ def fold_file(
     # Weights stay on disk (inline or external): folds read what they change, the writer copies
     # the rest from file to file.
     model, external = read_model(src, load_external_data=False, lazy=True)
-    report = fold_model(model, inplace=True, rules=rules, base_dir=src.parent).report
+    # Folded weights stay numpy arrays ("held") until written: one copy less of each.
+    engine = FoldEngine(model, rules, base_dir=src.parent, hold=write)
+    report = engine.run()
     if not write:
         return FileFoldResult(input=src, output=None, report=report, status="inspected")
-    with stage_model(model, dst, external_data=external or None, source_dir=src.parent) as staged:
-        del model  # the staged file is what gets checked and written; free the weights
+    staging = stage_model(
+        model, dst, external_data=external or None, source_dir=src.parent, held=engine.held
+    )
+    with staging as staged:
+        del model, engine  # the staged file is what gets checked and written; free the weights
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"
         if verify is not None and report.changed:

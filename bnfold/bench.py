@@ -154,7 +154,7 @@ def benchmark(
     Raises UsageError for options that do not fit, InputError when a model cannot be read or
     onnxruntime cannot run it.
     """
-    from bnfold.api import fold_model
+    from bnfold.engine import FoldEngine
     from bnfold.modelio import read_model
     from bnfold.verification import run_child
     from bnfold.writer import write_model
@@ -170,17 +170,18 @@ def benchmark(
         work = Path(tmp)
         fold_report = None
         if folded is None:
-            result = fold_model(original, inplace=True, base_dir=src.parent)
-            fold_report = result.report
+            engine = FoldEngine(original, base_dir=src.parent, hold=True)
+            fold_report = engine.run()
             folded_path = work / "folded.onnx"
             write_model(
-                result.model,
+                original,
                 folded_path,
                 external=None,
                 data_name="folded.onnx.data",
                 source_dir=src.parent,
+                held=engine.held,
             )
-            folded_stats = replace(_stats(folded_path, result.model), path=None)
+            folded_stats = replace(_stats(folded_path, original), path=None)
         else:
             folded_path = Path(folded)
             folded_model, _ = read_model(folded_path, load_external_data=False, lazy=True)

@@ -7,11 +7,15 @@ Afterwards only what the folds made unused is removed.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy.typing as npt
 import onnx
 from onnx import helper
 
@@ -24,6 +28,7 @@ from bnfold.graph import (
     NotConstant,
     Scope,
     Shape,
+    close_maps,
     del_attr,
     is_op,
     set_attr,
@@ -46,6 +51,7 @@ from bnfold.rules._base import (
     split_constant,
     walk_chain,
 )
+from bnfold.wire import hold
 
 MAX_PASSES = 64
 SUFFIX = "_bnfolded"
@@ -157,9 +163,14 @@ class FoldEngine:
         *,
         base_dir: str | os.PathLike[str] | None = None,
         forward_rules: Sequence[ForwardRule] = FORWARD_RULES,
+        hold: bool = False,
     ) -> None:
         self.model = model
         self.base_dir = base_dir
+        # With ``hold``, folded main-graph weights stay numpy arrays until bnfold writes the file
+        # (bnfold.writer), instead of being copied into the model first.
+        self.held: dict[str, npt.NDArray[Any]] | None = {} if hold else None
+        self.maps: dict[Path, mmap.mmap] = {}  # weight files mapped while folding
         self.rules = {op: rule for rule in rules for op in rule.op_types}
         self.forward_rules = {op: rule for rule in forward_rules for op in rule.op_types}
         self.ranks = _Ranks(model)
@@ -175,10 +186,16 @@ class FoldEngine:
         return self.ranks.shape(scope, name)
 
     def run(self) -> FoldReport:
+        try:
+            return self._run()
+        finally:
+            close_maps(self.maps)
+
+    def _run(self) -> FoldReport:
         nodes_before = count_nodes(self.model)
         changed = False
         for _ in range(MAX_PASSES):
-            index = ModelIndex(self.model, self.base_dir)
+            index = ModelIndex(self.model, self.base_dir, self.held, self.maps)
             if self.names is None:
                 self.names = NameAllocator(index.all_names())
             folded = self._pass(index)
@@ -412,7 +429,9 @@ class FoldEngine:
         if old:
             const = scope.constant(old)
             if scope.is_exclusive(const, node):
-                if const.tensor is not None and const.node is None:
+                if const.tensor is not None and const.node is None and self._holds(scope):
+                    self._hold(const.tensor, update)
+                elif const.tensor is not None and const.node is None:
                     numerics.store(const.tensor, update.values, update.elem_type)
                 else:
                     assert const.node is not None
@@ -422,7 +441,11 @@ class FoldEngine:
                 return
             self.released.constants[(const.scope.path, old)] = None
         name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
-        tensor = numerics.make_tensor(name, update.values, update.elem_type)
+        if self._holds(scope):
+            tensor = onnx.TensorProto(name=name)
+            self._hold(tensor, update)
+        else:
+            tensor = numerics.make_tensor(name, update.values, update.elem_type)
         if scope.graph is not None:
             scope.graph.initializer.append(tensor)
         else:
@@ -431,6 +454,16 @@ class FoldEngine:
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
+
+    def _holds(self, scope: Scope) -> bool:
+        # main-graph initializers only: the writer lays those out one by one
+        return self.held is not None and scope.path == "main"
+
+    def _hold(self, tensor: onnx.TensorProto, update: TensorUpdate) -> None:
+        assert self.held is not None
+        key = str(len(self.held))
+        self.held[key] = numerics.storable(update.values, update.elem_type)
+        hold(tensor, key, tuple(update.values.shape), update.elem_type)
 
     def _apply_structure(self, index: ModelIndex, pending: _Pending) -> None:
         for scope in index.scopes:

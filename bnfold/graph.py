@@ -7,6 +7,8 @@ scopes: a node whose body reads an outer name consumes that name, as onnxruntime
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from bnfold.constfold import EVALUATORS, CannotEvaluate, evaluate
 from bnfold.errors import InputError
-from bnfold.writer import read_external
+from bnfold.wire import held_key
+from bnfold.writer import external_ref, read_external
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -94,7 +97,11 @@ class Constant:
         """The value as numpy, read once."""
         if self._array is None:
             if self.tensor is not None:
-                if self.tensor.data_location == TensorProto.EXTERNAL:
+                key = held_key(self.tensor)
+                if key is not None:
+                    assert self.scope.held is not None, "a held tensor outside its fold"
+                    self._array = self.scope.held[key]
+                elif self.tensor.data_location == TensorProto.EXTERNAL:
                     self._array = self._read_external(self.tensor)
                 else:
                     self._array = numpy_helper.to_array(self.tensor)
@@ -111,14 +118,24 @@ class Constant:
                 f"tensor '{self.name}' keeps its data in an external file that was not loaded",
                 hint="load the model with its external data (bnfold.fold_file does)",
             )
+        dims = tuple(int(d) for d in tensor.dims)
+        dtype = _PLAIN_DTYPES.get(tensor.data_type)
         try:
+            if dtype is not None and self.scope.maps is not None:
+                ref = external_ref(tensor, base_dir)
+                if ref.length == dtype.itemsize * int(np.prod(dims)):
+                    # a read-only view of the file in the page cache: no copy at all
+                    mapped = _mapped(self.scope.maps, ref.path)
+                    if ref.offset + ref.length > len(mapped):
+                        raise OSError(f"{ref.path} is shorter than tensor '{self.name}' needs")
+                    count = ref.length // dtype.itemsize
+                    view = np.frombuffer(mapped, dtype=dtype, count=count, offset=ref.offset)
+                    return view.reshape(dims)
             raw = read_external(tensor, base_dir)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise InputError(
                 f"tensor '{self.name}': cannot read its external data ({exc})"
             ) from None
-        dims = tuple(int(d) for d in tensor.dims)
-        dtype = _PLAIN_DTYPES.get(tensor.data_type)
         if dtype is not None and len(raw) == dtype.itemsize * int(np.prod(dims)):
             return np.frombuffer(raw, dtype=dtype).reshape(dims)  # read-only view: no copy
         loaded = TensorProto()
@@ -139,6 +156,24 @@ _PLAIN_DTYPES: dict[int, np.dtype[Any]] = {
     TensorProto.INT32: np.dtype("<i4"),
     TensorProto.INT64: np.dtype("<i8"),
 }
+
+
+def _mapped(maps: dict[Path, mmap.mmap], path: Path) -> mmap.mmap:
+    """The file mapped read-only, once per fold (see ``ModelIndex``'s ``maps``)."""
+    found = maps.get(path)
+    if found is None:
+        with open(path, "rb") as f:
+            found = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        maps[path] = found
+    return found
+
+
+def close_maps(maps: dict[Path, mmap.mmap]) -> None:
+    """Unmap the files; a mapping still viewed by an array is left to the garbage collector."""
+    for mapped in maps.values():
+        with contextlib.suppress(BufferError):
+            mapped.close()
+    maps.clear()
 
 
 def _constant_node_value(node: onnx.NodeProto) -> npt.NDArray[Any]:
@@ -203,9 +238,13 @@ class Scope:
         opset: int,
         ir_version: int,
         base_dir: Path | None = None,
+        held: dict[str, npt.NDArray[Any]] | None = None,
+        maps: dict[Path, mmap.mmap] | None = None,
     ) -> None:
         self.path = path
+        self.maps = maps  # files mapped for reading weights, shared by one fold
         self.base_dir = base_dir  # where tensors left in external data files are read from
+        self.held = held  # folded values not yet put into the model (see bnfold.wire.HELD_KEY)
         self.nodes: list[onnx.NodeProto] = list(nodes)
         self.container = nodes
         self.graph = graph
@@ -339,10 +378,16 @@ class ModelIndex:
     """Every scope of a model, indexed; rebuilt after each round of edits."""
 
     def __init__(
-        self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] | None = None
+        self,
+        model: onnx.ModelProto,
+        base_dir: str | os.PathLike[str] | None = None,
+        held: dict[str, npt.NDArray[Any]] | None = None,
+        maps: dict[Path, mmap.mmap] | None = None,
     ) -> None:
         self.model = model
         self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.held = held
+        self.maps = maps
         self.opset = model_opset(model)
         self.scopes: list[Scope] = []
         main = self._build_graph("main", model.graph, None, self.opset)
@@ -363,6 +408,8 @@ class ModelIndex:
                 opset=int(fopset),
                 ir_version=model.ir_version,
                 base_dir=self.base_dir,
+                held=self.held,
+                maps=self.maps,
             )
             self.scopes.append(scope)
             self._index(scope)
@@ -379,6 +426,8 @@ class ModelIndex:
             opset=opset,
             ir_version=self.model.ir_version,
             base_dir=self.base_dir,
+            held=self.held,
+            maps=self.maps,
         )
         self.scopes.append(scope)
         self._index(scope)

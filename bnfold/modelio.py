@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -204,6 +205,7 @@ def stage_model(
     *,
     external_data: bool | None = None,
     source_dir: str | os.PathLike[str] | None = None,
+    held: dict[str, Any] | None = None,
 ) -> Iterator[StagedModel]:
     """Write ``model`` into a temporary folder beside ``path``; removed again on exit.
 
@@ -243,6 +245,7 @@ def stage_model(
                 data_name=staged.data_name,
                 source_dir=source_dir,
                 limit=PROTOBUF_LIMIT,
+                held=held,
             )
         except OSError as exc:
             raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None

@@ -6,6 +6,7 @@ off; one correctly rounded conversion from float64 leaves them within 0.5 ULP.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -100,9 +101,40 @@ def scale_round(values: npt.NDArray[Any], scale: F64, elem_type: int) -> npt.NDA
     if dtype is None:  # bfloat16: numpy cannot round float64 to it once; take the long way
         return round_to(scaled(values, scale), elem_type)
     out = np.empty(np.broadcast_shapes(values.shape, scale.shape), dtype=dtype)
+    # numpy releases the GIL in the multiply: halves of a large weight run on two cores
+    halves = 2 if out.size >= PARALLEL_FROM and out.ndim and out.shape[0] > 1 else 1
+    if halves > 1 and values.shape[0] == out.shape[0] and (os.cpu_count() or 1) > 1:
+        cut = out.shape[0] // 2
+        rows = scale.shape[0] if scale.ndim == out.ndim else 1
+        parts = [(slice(0, cut), slice(0, cut)), (slice(cut, None), slice(cut, None))]
+
+        def work(part: tuple[slice, slice]) -> None:
+            v, o = part
+            sv = scale[v] if rows > 1 else scale
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.multiply(values[v], sv, out=out[o], dtype=np.float64, casting="unsafe")
+
+        worker = _pool().submit(work, parts[1])
+        work(parts[0])
+        worker.result()
+        return out
     with np.errstate(over="ignore", invalid="ignore"):
         np.multiply(values, scale, out=out, dtype=np.float64, casting="unsafe")
     return out
+
+
+#: Weights of at least this many elements are scaled on two threads.
+PARALLEL_FROM = 1 << 18
+_POOL: Any = None
+
+
+def _pool() -> Any:
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnfold-scale")
+    return _POOL
 
 
 def scaled(values: npt.NDArray[Any], scale: F64) -> F64:
@@ -152,6 +184,15 @@ def store(tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None
     tensor.dims.extend(values.shape)
     tensor.data_type = check.data_type
     tensor.raw_data = _little_endian_bytes(np.ascontiguousarray(values))
+
+
+def storable(values: npt.NDArray[Any], elem_type: int) -> npt.NDArray[Any]:
+    """``values`` as the contiguous little-endian array ONNX's raw_data would hold."""
+    make_tensor("t", values.reshape(-1)[:0], elem_type)  # validates the dtype
+    out = np.ascontiguousarray(values)
+    if sys.byteorder == "big" and out.dtype.itemsize > 1:
+        out = out.byteswap()
+    return out
 
 
 def _little_endian_bytes(values: npt.NDArray[Any]) -> bytes:

@@ -22,6 +22,9 @@ from onnx import TensorProto
 
 #: external_data key marking a tensor whose bytes are inline in the model file it was read from.
 SELF_KEY = "bnfold.inline"
+#: external_data key marking a folded tensor whose values bnfold holds as a numpy array until it
+#: writes the model (the value is the array's key in the fold's ``held`` mapping).
+HELD_KEY = "bnfold.held"
 #: Initializers with fewer raw bytes than this are parsed as usual (shape tensors, BN statistics
 #: of small layers): not worth a file read each, and shape inference needs their values.
 MIN_LAZY_BYTES = 4096
@@ -151,7 +154,32 @@ def open_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def is_self_reference(tensor: TensorProto) -> bool:
-    """True for a tensor whose bytes are inline in the file it was read from (see module doc)."""
+    """True for a tensor whose bytes are inline in the file it was read from (see module doc),
+    or held in memory by bnfold (``held_key``): either way, not external data of the model."""
     return tensor.data_location == TensorProto.EXTERNAL and any(
-        e.key == SELF_KEY for e in tensor.external_data
+        e.key in (SELF_KEY, HELD_KEY) for e in tensor.external_data
     )
+
+
+def held_key(tensor: TensorProto) -> str | None:
+    """The key of a tensor's values in bnfold's ``held`` mapping, if they are held there."""
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return None
+    for e in tensor.external_data:
+        if e.key == HELD_KEY:
+            return str(e.value)
+    return None
+
+
+def hold(tensor: TensorProto, key: str, shape: tuple[int, ...], elem_type: int) -> None:
+    """Make ``tensor`` a header for values held under ``key`` (its name and doc string stay)."""
+    for name in ("float_data", "int32_data", "string_data", "int64_data", "double_data"):
+        tensor.ClearField(name)
+    for name in ("uint64_data", "raw_data", "external_data"):
+        tensor.ClearField(name)
+    del tensor.dims[:]
+    tensor.dims.extend(shape)
+    tensor.data_type = elem_type
+    entry = tensor.external_data.add()
+    entry.key, entry.value = HELD_KEY, key
+    tensor.data_location = TensorProto.EXTERNAL

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
 
+import numpy as np
+import numpy.typing as npt
 import onnx
 from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import AttributeProto, TensorProto
+
+from bnfold.wire import held_key
 
 #: Tensors with at least this many bytes of raw data go to the external data file.
 EXTERNAL_THRESHOLD = 1024
@@ -126,6 +130,7 @@ class _DataLayout:
 
     name: str
     source_dir: Path | None
+    held: Held | None = None
     size: int = 0
     jobs: list[tuple[int, Job]] = field(default_factory=list)
 
@@ -144,13 +149,40 @@ class _DataLayout:
 
     def externalize(self, tensor: TensorProto, header: TensorProto) -> None:
         """Point ``header`` (a copy of ``tensor`` without its data) into the data file."""
-        if tensor.data_location == TensorProto.EXTERNAL:
+        array = _held_array(tensor, self.held)
+        if array is not None:
+            self.place(header, array.nbytes, _array_job(array))
+        elif tensor.data_location == TensorProto.EXTERNAL:
             if self.source_dir is None:
                 raise ValueError(f"tensor '{tensor.name}' keeps external data, but from where?")
             ref = external_ref(tensor, self.source_dir)
             self.place(header, ref.length, _copy_job(ref))
         else:
             self.place(header, _raw_size(tensor), _raw_job(tensor))
+
+
+Held = dict[str, npt.NDArray[Any]]
+
+
+def _held_array(tensor: TensorProto, held: Held | None) -> npt.NDArray[Any] | None:
+    key = held_key(tensor)
+    if key is None:
+        return None
+    if held is None or key not in held:
+        raise ValueError(f"tensor '{tensor.name}' is held by a fold, but its values were not given")
+    return held[key]
+
+
+def _bytes_view(array: npt.NDArray[Any]) -> memoryview:
+    """The array's bytes without a copy (it is contiguous and little-endian: numerics.storable)."""
+    return array.reshape(-1).view(np.uint8).data
+
+
+def _array_job(array: npt.NDArray[Any]) -> Job:
+    def write(out: BinaryIO) -> None:
+        out.write(_bytes_view(array))
+
+    return write
 
 
 def _raw_job(tensor: TensorProto) -> Job:
@@ -176,6 +208,8 @@ def _copy_job(ref: ExternalRef) -> Job:
 
 
 def _goes_external(tensor: TensorProto) -> bool:
+    if held_key(tensor) is not None:
+        return True
     if tensor.data_location == TensorProto.EXTERNAL:
         return True
     return tensor.HasField("raw_data") and _raw_size(tensor) >= EXTERNAL_THRESHOLD
@@ -266,12 +300,15 @@ class _InlineTensor:
     tensor: TensorProto
     size: int
     after: bytes
-    source: ExternalRef | None = None  # where the bytes are when not held in the model
+    source: ExternalRef | None = None  # where the bytes are when not in the model
+    array: npt.NDArray[Any] | None = None  # or the values bnfold holds for it
 
     def write(self, out: BinaryIO) -> None:
         out.write(self.before)
         out.write(_prefix(_TENSOR_RAW, self.size))
-        if self.source is not None:
+        if self.array is not None:
+            out.write(_bytes_view(self.array))
+        elif self.source is not None:
             _copy_job(self.source)(out)
         else:
             raw = self.tensor.raw_data
@@ -284,9 +321,19 @@ class _InlineTensor:
         out.write(self.after)
 
 
-def _inline_tensor(tensor: TensorProto, source_dir: Path | None) -> tuple[_InlineTensor, int]:
+def _inline_tensor(
+    tensor: TensorProto, source_dir: Path | None, held: Held | None
+) -> tuple[_InlineTensor, int]:
     """``tensor`` laid out with its data inline (read from its external file if it is there)."""
     source = None
+    array = _held_array(tensor, held)
+    if array is not None:
+        before, after = _header_fields(tensor)
+        piece = _InlineTensor(
+            before.SerializeToString(), tensor, array.nbytes, after.SerializeToString(), None, array
+        )
+        n = array.nbytes
+        return piece, len(piece.before) + len(_prefix(_TENSOR_RAW, n)) + n + len(piece.after)
     if tensor.data_location == TensorProto.EXTERNAL:
         if source_dir is None:
             raise ValueError(f"tensor '{tensor.name}' keeps external data, but from where?")
@@ -303,6 +350,7 @@ Piece: TypeAlias = bytes | Message | _InlineTensor
 @dataclass
 class _Plan:
     source_dir: Path | None = None
+    held: Held | None = None
     size: int = 0
     pieces: list[Piece] = field(default_factory=list)
 
@@ -314,7 +362,7 @@ class _Plan:
         if isinstance(element, TensorProto) and (
             element.HasField("raw_data") or element.data_location == TensorProto.EXTERNAL
         ):
-            inline, size = _inline_tensor(element, self.source_dir)
+            inline, size = _inline_tensor(element, self.source_dir, self.held)
             self.add(_prefix(number, size))
             self.add(inline, size)
             return
@@ -323,8 +371,10 @@ class _Plan:
         self.add(element, size)
 
 
-def _plan_graph(graph: onnx.GraphProto, data: _DataLayout | None, source: Path | None) -> _Plan:
-    plan = _Plan(source)
+def _plan_graph(
+    graph: onnx.GraphProto, data: _DataLayout | None, source: Path | None, held: Held | None
+) -> _Plan:
+    plan = _Plan(source, held)
     for fd, value in graph.ListFields():
         if not _repeated(fd) or fd.message_type is None:
             plan.add(_field_bytes(graph, fd, value))
@@ -354,11 +404,13 @@ def _plan_node(node: onnx.NodeProto, data: _DataLayout) -> onnx.NodeProto:
     return copy
 
 
-def _plan_model(model: onnx.ModelProto, data: _DataLayout | None, source: Path | None) -> _Plan:
-    plan = _Plan(source)
+def _plan_model(
+    model: onnx.ModelProto, data: _DataLayout | None, source: Path | None, held: Held | None
+) -> _Plan:
+    plan = _Plan(source, held)
     for fd, value in model.ListFields():
         if fd.number == _MODEL_GRAPH:
-            graph = _plan_graph(value, data, source)
+            graph = _plan_graph(value, data, source, held)
             plan.add(_prefix(fd.number, graph.size))
             plan.pieces.extend(graph.pieces)
             plan.size += graph.size
@@ -381,18 +433,20 @@ def write_model(
     data_name: str | None = None,
     source_dir: str | os.PathLike[str] | None = None,
     limit: int = 2**31 - 1,
+    held: Held | None = None,
 ) -> bool:
     """Write ``model`` to ``path``; the model itself is not changed.
 
     With ``external`` (or, when it is None, if the file would be over ``limit`` bytes) tensors of
     1 KiB or more go to ``data_name`` beside it. ``source_dir`` is the folder of the file the model
-    was read from, for tensors whose data was left in its external data file. Returns whether
+    was read from, for tensors whose data was left in its external data file; ``held`` holds the
+    values of tensors a fold kept out of the model (``bnfold.wire.HELD_KEY``). Returns whether
     external data was written.
     """
     target = Path(path)
     name = data_name or target.name + ".data"
     source = Path(source_dir) if source_dir is not None else None
-    data = _DataLayout(name, source) if external else None
+    data = _DataLayout(name, source, held) if external else None
     plan: _Plan | None = None
     if data is None and _has_unknown_fields(model):
         # Rare: fields this writer cannot lay out are kept by protobuf's own serializer.
@@ -401,10 +455,10 @@ def write_model(
                 "a model with unknown fields must have its weights loaded to be written"
             )
     else:
-        plan = _plan_model(model, data, source)
+        plan = _plan_model(model, data, source, held)
     if external is None and plan is not None and plan.size > limit:
-        data = _DataLayout(name, source)
-        plan = _plan_model(model, data, source)
+        data = _DataLayout(name, source, held)
+        plan = _plan_model(model, data, source, held)
     with open(target, "wb") as out:
         if plan is None:
             out.write(model.SerializeToString())
