@@ -1,6 +1,6 @@
 """``python -m bnfold`` is the ``bnfold`` command."""
 
-from bnfold.cli import main
+from bnfold.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

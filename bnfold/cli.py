@@ -8,6 +8,7 @@ progress, warnings and errors go to stderr. Exit codes: 0 ok (also "nothing to f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -704,5 +705,30 @@ def _bench_table(report: BenchReport) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point. Usage errors exit 2, Ctrl-C exits 130 (typer's handling)."""
+    """Run the command line. Usage errors exit 2, Ctrl-C exits 130 (typer's handling)."""
     app(args=list(argv) if argv is not None else None, prog_name="bnfold")
+
+
+def entry() -> None:
+    """The ``bnfold`` console script and ``python -m bnfold``: ``main``, then a fast exit.
+
+    By the time a command returns, every file is written, renamed and closed and every child
+    process has been waited for; what a normal interpreter exit still does is free the model and
+    the folded weights object by object, 10% of a run on a 100 MB model. So the streams are
+    flushed and the process ends there (normally under a coverage tool, which writes at exit).
+    """
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    if "coverage" in sys.modules:
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+            stream.flush()
+    os._exit(code)
