@@ -31,6 +31,7 @@ from bnfold.graph import (
     close_maps,
     del_attr,
     is_op,
+    release_pages,
     set_attr,
     type_shape,
     value_shape,
@@ -365,6 +366,7 @@ class FoldEngine:
             return skip
         for update in plan.updates:
             self._write_input(scope, consumer, update, pending)
+        release_pages(self.maps)
         for const in bn.params:
             self.released.constants[(const.scope.path, const.name)] = None
         self.released.values[(scope.path, bn_node.output[0])] = None
@@ -395,6 +397,7 @@ class FoldEngine:
         producer = chain.producer
         for update in plan.updates:
             self._write_input(scope, producer, update, pending)
+        release_pages(self.maps)  # the weights it read are folded: let the OS have them back
         for const in chain.adds:
             self.released.constants[(const.scope.path, const.name)] = None
         if params is None:
