@@ -234,15 +234,16 @@ def plot(report: BenchReport, path: str | os.PathLike[str]) -> None:
     labels = [r.label for r in report.runs]
     medians = [r.median_ms for r in report.runs]
     spread = [r.p90_ms - r.median_ms for r in report.runs]
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = plt.subplots(figsize=(8, 3))
     colors = ["#9e9e9e", "#64b5f6", "#43a047"][: len(labels)]
     ax.barh(labels, medians, xerr=[[0] * len(spread), spread], color=colors, capsize=4)
     ax.invert_yaxis()
     ax.set_xlabel("latency per run (ms): median, whisker to p90")
     name = Path(report.original.path or "model").name
     ax.set_title(
-        f"{name}: folded is {report.speedup:.2f}x vs original, "
-        f"{report.speedup_vs_ort_basic:.2f}x vs onnxruntime basic"
+        f"{name}: folded {report.speedup:.2f}x the original's speed, "
+        f"{report.speedup_vs_ort_basic:.2f}x onnxruntime basic",
+        fontsize=10,
     )
     fig.tight_layout()
     try:

@@ -62,7 +62,8 @@ class _DefaultToFold(TyperGroup):
 
 app = typer.Typer(
     cls=_DefaultToFold,
-    help="Fold BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before it, and prove "
+    help="Fold BatchNormalization (and per-channel Mul/Add scale layers) into the "
+    "Conv/ConvTranspose/Gemm/MatMul before it, or the unpadded Conv/Gemm after it, and prove "
     "with onnxruntime that the folded model gives the same outputs.\n\n"
     "bnfold MODEL is short for bnfold fold MODEL.",
     no_args_is_help=True,
@@ -538,7 +539,10 @@ def inspect_cmd(
     quiet: bool = QUIET_OPT,
     debug: bool = DEBUG_OPT,
 ) -> None:
-    """Show every BatchNormalization, whether it would fold and why not. Writes nothing."""
+    """Show every BatchNormalization and scale Mul/Add, whether it would fold and why not.
+
+    Writes nothing.
+    """
     _report_only("inspect", models, as_json, quiet, debug)
 
 
@@ -549,7 +553,10 @@ def check_cmd(
     quiet: bool = QUIET_OPT,
     debug: bool = DEBUG_OPT,
 ) -> None:
-    """Exit 1 if a MODEL still has a foldable BatchNormalization (a CI gate). Writes nothing."""
+    """Exit 1 if a MODEL still has a foldable BatchNormalization or scale layer (a CI gate).
+
+    Writes nothing.
+    """
     _report_only("check", models, as_json, quiet, debug)
 
 
