@@ -9,17 +9,15 @@ shared machine slows all of them alike instead of one.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bnfold._worker import BackendError, open_session
-from bnfold.errors import BnfoldError, UsageError
+from bnfold._worker import open_session, serve
+from bnfold.errors import UsageError
 from bnfold.inputs import InputSpec, make_feeds
 
 #: (label, which model, onnxruntime optimization level), in the order they are reported
@@ -92,23 +90,7 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    request_path, result_path = argv
-    request = json.loads(Path(request_path).read_text())
-    try:
-        result = run_request(request)
-    except BackendError as exc:
-        result = {"status": "backend_error", "message": str(exc)}
-    except BnfoldError as exc:
-        result = {
-            "status": "user_error",
-            "type": type(exc).__name__,
-            "message": exc.message,
-            "hint": exc.hint,
-        }
-    except Exception as exc:  # onnxruntime raises its own types when a run fails
-        result = {"status": "backend_error", "message": f"{type(exc).__name__}: {exc}"[:400]}
-    Path(result_path).write_text(json.dumps(result))
-    return 0
+    return serve(argv, run_request)
 
 
 if __name__ == "__main__":

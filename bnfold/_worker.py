@@ -232,10 +232,16 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
+    return serve(argv, run_request)
+
+
+def serve(argv: Sequence[str], handle: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """Read the JSON request at argv[0], answer it with ``handle`` into the JSON file at argv[1];
+    what goes wrong becomes the answer (backend_error / user_error), never a traceback."""
     request_path, result_path = argv
     request = json.loads(Path(request_path).read_text())
     try:
-        result = run_request(request)
+        result = handle(request)
     except BackendError as exc:
         result = {"status": "backend_error", "message": str(exc)}
     except BnfoldError as exc:

@@ -53,7 +53,8 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _encode_varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """Protobuf's base-128 varint."""
     out = bytearray()
     while True:
         low = n & 0x7F
@@ -92,7 +93,7 @@ def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, 
 
 
 def _len_field(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
 def _entry(key: str, value: str) -> bytes:
@@ -117,7 +118,7 @@ def _tensor(buf: memoryview, start: int, end: int, location: str) -> bytes:
     out += _entry("offset", str(raw_start))
     out += _entry("length", str(raw_end - raw_start))
     out += _entry(SELF_KEY, "1")
-    out += _encode_varint(_TENSOR_LOCATION << 3) + _encode_varint(TensorProto.EXTERNAL)
+    out += encode_varint(_TENSOR_LOCATION << 3) + encode_varint(TensorProto.EXTERNAL)
     return bytes(out)
 
 

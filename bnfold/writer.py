@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import AttributeProto, TensorProto
 
-from bnfold.wire import held_key
+from bnfold.wire import encode_varint, held_key
 
 #: Tensors with at least this many bytes of raw data go to the external data file.
 EXTERNAL_THRESHOLD = 1024
@@ -46,21 +46,9 @@ _TENSOR_RAW = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _NOT_IN_HEADER = (_TENSOR_RAW, _TENSOR_EXTERNAL, _TENSOR_LOCATION)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
 def _prefix(number: int, length: int) -> bytes:
     """Key and length of a length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(length)
+    return encode_varint(number << 3 | 2) + encode_varint(length)
 
 
 def _repeated(fd: FieldDescriptor) -> bool:

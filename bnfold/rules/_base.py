@@ -261,7 +261,7 @@ def walk_chain(
             name, reader = node.input[0], node
             continue
         if is_op(node, "Add") and len(node.input) == 2:
-            const, other = _split_add(scope, node)
+            const, other = split_constant(scope, node)
             if const is not None and other is not None:
                 through.append(node)
                 adds.append(const)
@@ -280,11 +280,6 @@ def walk_chain(
 def split_constant(scope: Scope, node: onnx.NodeProto) -> tuple[Constant | None, str | None]:
     """(constant operand, the other operand's name) of a binary node with exactly one constant
     side; (None, None) otherwise."""
-    return _split_add(scope, node)
-
-
-def _split_add(scope: Scope, node: onnx.NodeProto) -> tuple[Constant | None, str | None]:
-    """(constant operand, the other operand's name) of an Add with exactly one constant side."""
     found: list[Constant | None] = []
     for name in node.input:
         try:
