@@ -195,18 +195,23 @@ class FoldEngine:
     def _run(self) -> FoldReport:
         nodes_before = count_nodes(self.model)
         changed = False
+        position: dict[tuple[str, str], tuple[int, int]] = {}
         for _ in range(MAX_PASSES):
             index = ModelIndex(self.model, self.base_dir, self.held, self.maps)
             if self.names is None:
                 self.names = NameAllocator(index.all_names())
+                position = _positions(index)
             folded = self._pass(index)
             changed = changed or folded
             if not folded:
                 break
         if changed:
             self._cleanup()
+        # graph order (a Mul folded in a later pass is listed where it stood)
+        last = (len(position), 0)
+        ordered = sorted(self.decisions.items(), key=lambda kv: position.get(kv[0], last))
         return FoldReport(
-            decisions=tuple(self.decisions.values()),
+            decisions=tuple(decision for _, decision in ordered),
             nodes_before=nodes_before,
             nodes_after=count_nodes(self.model) if changed else nodes_before,
         )
@@ -554,6 +559,15 @@ _BN_ITSELF = frozenset(
         Reason.FUNCTION_ATTRIBUTE,
     }
 )
+
+
+def _positions(index: ModelIndex) -> dict[tuple[str, str], tuple[int, int]]:
+    """(scope, first output) -> where the node stands in the model as it came in."""
+    return {
+        (scope.path, node.output[0] if node.output else node.name): (k, i)
+        for k, scope in enumerate(index.scopes)
+        for i, node in enumerate(scope.nodes)
+    }
 
 
 def _feeds_batchnorm(scope: Scope, node: onnx.NodeProto) -> bool:

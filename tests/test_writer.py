@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from bnfold import fold_file, fold_model
@@ -16,6 +18,7 @@ from bnfold.modelio import read_model, uses_external_data
 from bnfold.wire import MIN_LAZY_BYTES, is_self_reference, open_model
 from bnfold.writer import ALIGNMENT, write_model
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
+from tests.ortutil import assert_fold_matches
 
 
 def _rich_model(rng: np.random.Generator) -> onnx.ModelProto:
@@ -174,3 +177,60 @@ def test_lazy_threshold_keeps_small_tensors_parsed(tmp_path: Path) -> None:
     lazy, external = read_model(path, lazy=True)
     assert not external
     assert [is_self_reference(t) for t in lazy.graph.initializer] == [True, False]
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_in_place_fold_reads_the_weights_it_is_replacing(tmp_path: Path, external: bool) -> None:
+    """--in-place with weights left in the file (inline or external data): the folded file is
+    staged from the original's bytes before the original is replaced."""
+    model = _rich_model(np.random.default_rng(4))
+    expected = fold_model(model).model  # (saving with external data changes ``model``)
+    src = tmp_path / "m.onnx"
+    if external:
+        onnx.save_model(model, src, save_as_external_data=True, location="m.onnx.data")
+    else:
+        src.write_bytes(model.SerializeToString())
+    result = fold_file(src, in_place=True)
+    assert result.status == "folded" and result.verification is not None
+    assert result.verification.passed
+    out = onnx.load(src)  # external data loaded from beside it
+    assert out.graph.node[0].op_type == "Conv" and len(out.graph.node) == len(expected.graph.node)
+    got = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    for t in expected.graph.initializer:
+        np.testing.assert_array_equal(got[t.name], onnx.numpy_helper.to_array(t))
+    leftovers = {p.name for p in tmp_path.iterdir()}
+    assert leftovers == ({"m.onnx", "m.onnx.data"} if external else {"m.onnx"})
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cin_g=st.integers(1, 3),
+    cout_g=st.integers(1, 3),
+    groups=st.integers(1, 3),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_property_bn_into_the_conv_after_it(
+    cin_g: int, cout_g: int, groups: int, k: int, stride: int, dilation: int, bias: bool, seed: int
+) -> None:
+    """BN -> unpadded Conv of any group, kernel, stride and dilation folds forward exactly."""
+    rng = np.random.default_rng(seed)
+    cin, cout = cin_g * groups, cout_g * groups
+    w = rng.normal(0, 0.5, (cout, cin_g, k, k)).astype(np.float32)
+    inputs = ["n", "w", "b"] if bias else ["n", "w"]
+    conv = helper.make_node(
+        "Conv", inputs, ["y"], group=groups, strides=[stride] * 2, dilations=[dilation] * 2
+    )
+    inits = [tensor("w", w), *bn_initializers("bn", bn_params(rng, cin))]
+    if bias:
+        inits.append(tensor("b", rng.normal(0, 1, cout).astype(np.float32)))
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["r"]), bn_node("r", "n", "bn"), conv],
+        [vinfo("x", TensorProto.FLOAT, [1, cin, 7, 7])],
+        [vinfo("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    assert_fold_matches(model, expect_folded=1, seed=seed)
