@@ -221,16 +221,11 @@ def benchmark(
 
 def plot(report: BenchReport, path: str | os.PathLike[str]) -> None:
     """Draw the median latencies (with p90 whiskers) as a bar chart; needs matplotlib."""
-    try:
-        import matplotlib
+    check_plot_available()
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError(
-            "--plot needs matplotlib, which is not installed",
-            hint="pip install 'bnfold[plot]'",
-        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     labels = [r.label for r in report.runs]
     medians = [r.median_ms for r in report.runs]
     spread = [r.p90_ms - r.median_ms for r in report.runs]
