@@ -226,6 +226,7 @@ def plot(report: BenchReport, path: str | os.PathLike[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     labels = [r.label for r in report.runs]
     medians = [r.median_ms for r in report.runs]
     spread = [r.p90_ms - r.median_ms for r in report.runs]

@@ -376,6 +376,7 @@ def _plan_graph(
                 plan.add_element(fd.number, _plan_node(element, data))
             else:
                 plan.add_element(fd.number, element)
+    plan.add(_unknown_bytes(graph))
     return plan
 
 
@@ -404,13 +405,26 @@ def _plan_model(
             plan.size += graph.size
         else:
             plan.add(_field_bytes(model, fd, value))
+    plan.add(_unknown_bytes(model))
     return plan
 
 
-def _has_unknown_fields(model: onnx.ModelProto) -> bool:
-    return len(unknown_fields.UnknownFieldSet(model)) > 0 or (
-        model.HasField("graph") and len(unknown_fields.UnknownFieldSet(model.graph)) > 0
-    )
+def _unknown_bytes(msg: Message) -> bytes:
+    """Fields this onnx version does not know, re-encoded where protobuf puts them: at the end."""
+    out = bytearray()
+    for f in unknown_fields.UnknownFieldSet(msg):
+        key = encode_varint(f.field_number << 3 | f.wire_type)
+        if f.wire_type == 0:
+            out += key + encode_varint(f.data)
+        elif f.wire_type == 1:
+            out += key + int(f.data).to_bytes(8, "little")
+        elif f.wire_type == 5:
+            out += key + int(f.data).to_bytes(4, "little")
+        elif f.wire_type == 2:
+            out += key + encode_varint(len(f.data)) + bytes(f.data)
+        else:  # groups: deprecated since proto2, never in an ONNX file
+            raise ValueError(f"cannot write unknown field {f.field_number} (a group)")
+    return bytes(out)
 
 
 def write_model(
@@ -435,29 +449,18 @@ def write_model(
     name = data_name or target.name + ".data"
     source = Path(source_dir) if source_dir is not None else None
     data = _DataLayout(name, source, held) if external else None
-    plan: _Plan | None = None
-    if data is None and _has_unknown_fields(model):
-        # Rare: fields this writer cannot lay out are kept by protobuf's own serializer.
-        if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
-            raise ValueError(
-                "a model with unknown fields must have its weights loaded to be written"
-            )
-    else:
-        plan = _plan_model(model, data, source, held)
-    if external is None and plan is not None and plan.size > limit:
+    plan = _plan_model(model, data, source, held)
+    if external is None and plan.size > limit:
         data = _DataLayout(name, source, held)
         plan = _plan_model(model, data, source, held)
     with open(target, "wb") as out:
-        if plan is None:
-            out.write(model.SerializeToString())
-        else:
-            for piece in plan.pieces:
-                if isinstance(piece, bytes):
-                    out.write(piece)
-                elif isinstance(piece, _InlineTensor):
-                    piece.write(out)
-                else:
-                    out.write(piece.SerializeToString())
+        for piece in plan.pieces:
+            if isinstance(piece, bytes):
+                out.write(piece)
+            elif isinstance(piece, _InlineTensor):
+                piece.write(out)
+            else:
+                out.write(piece.SerializeToString())
     if data is not None and data.jobs:
         with open(target.parent / data.name, "wb") as out:
             for offset, job in data.jobs:

@@ -234,3 +234,21 @@ def test_property_bn_into_the_conv_after_it(
         inits,
     )
     assert_fold_matches(model, expect_folded=1, seed=seed)
+
+
+def test_fields_newer_than_this_onnx_are_kept(tmp_path: Path) -> None:
+    """Unknown fields (a newer ONNX) on the model and on the graph survive a fold unchanged."""
+    model = _rich_model(np.random.default_rng(6))
+    graph = model.graph.SerializeToString() + bytes([0xF8, 0x07, 0x2A])  # graph field 127 = 42
+    model.ClearField("graph")
+    model.graph.ParseFromString(graph)
+    raw = model.SerializeToString() + bytes([0xA2, 0x06, 0x02]) + b"ab"  # model field 100 = "ab"
+    src = tmp_path / "m.onnx"
+    src.write_bytes(raw)
+    write_model(open_model(src), tmp_path / "copy.onnx", source_dir=tmp_path)
+    assert (tmp_path / "copy.onnx").read_bytes() == onnx.load(src).SerializeToString()
+    result = fold_file(src, tmp_path / "f.onnx")
+    assert result.report.folded == 1 and result.status == "folded"
+    out = (tmp_path / "f.onnx").read_bytes()
+    assert out.endswith(bytes([0xA2, 0x06, 0x02]) + b"ab")
+    assert bytes([0xF8, 0x07, 0x2A]) in out
