@@ -221,6 +221,7 @@ def _header(tensor: TensorProto) -> TensorProto:
     """A copy of ``tensor`` with every field but its data."""
     before, after = _header_fields(tensor)
     before.MergeFrom(after)
+    before.MergeFromString(_unknown_bytes(tensor))  # kept as unknown fields again
     return before
 
 
@@ -309,6 +310,11 @@ class _InlineTensor:
         out.write(self.after)
 
 
+def _tail(tensor: TensorProto, after: TensorProto) -> bytes:
+    """The tensor's fields after raw_data, then any fields this onnx does not know."""
+    return bytes(after.SerializeToString()) + _unknown_bytes(tensor)
+
+
 def _inline_tensor(
     tensor: TensorProto, source_dir: Path | None, held: Held | None
 ) -> tuple[_InlineTensor, int]:
@@ -318,7 +324,7 @@ def _inline_tensor(
     if array is not None:
         before, after = _header_fields(tensor)
         piece = _InlineTensor(
-            before.SerializeToString(), tensor, array.nbytes, after.SerializeToString(), None, array
+            before.SerializeToString(), tensor, array.nbytes, _tail(tensor, after), None, array
         )
         n = array.nbytes
         return piece, len(piece.before) + len(_prefix(_TENSOR_RAW, n)) + n + len(piece.after)
@@ -328,7 +334,7 @@ def _inline_tensor(
         source = external_ref(tensor, source_dir)
     before, after = _header_fields(tensor)
     n = source.length if source is not None else _raw_size(tensor)
-    piece = _InlineTensor(before.SerializeToString(), tensor, n, after.SerializeToString(), source)
+    piece = _InlineTensor(before.SerializeToString(), tensor, n, _tail(tensor, after), source)
     return piece, len(piece.before) + len(_prefix(_TENSOR_RAW, n)) + n + len(piece.after)
 
 

@@ -252,3 +252,13 @@ def test_fields_newer_than_this_onnx_are_kept(tmp_path: Path) -> None:
     out = (tmp_path / "f.onnx").read_bytes()
     assert out.endswith(bytes([0xA2, 0x06, 0x02]) + b"ab")
     assert bytes([0xF8, 0x07, 0x2A]) in out
+
+
+def test_unknown_fields_of_a_large_tensor_are_kept(tmp_path: Path) -> None:
+    model = _rich_model(np.random.default_rng(7))
+    w = model.graph.initializer[0]  # the 18 KiB conv weight, read lazily
+    w.ParseFromString(w.SerializeToString() + bytes([0xF8, 0x07, 0x07]))  # tensor field 127 = 7
+    src = tmp_path / "m.onnx"
+    src.write_bytes(model.SerializeToString())
+    write_model(open_model(src), tmp_path / "copy.onnx", source_dir=tmp_path)
+    assert (tmp_path / "copy.onnx").read_bytes() == model.SerializeToString()
