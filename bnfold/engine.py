@@ -369,17 +369,11 @@ class FoldEngine:
             plan = rule.plan_forward(self, scope, bn, following)
         except Skip as skip:
             return skip
-        for update in plan.updates:
-            self._write_input(scope, consumer, update, pending)
-        release_pages(self.maps)
+        self._rewrite(scope, consumer, plan, pending)
         for const in bn.params:
             self.released.constants[(const.scope.path, const.name)] = None
         self.released.values[(scope.path, bn_node.output[0])] = None
         (following.flatten or consumer).input[0] = bn.x
-        for attr in plan.del_attrs:
-            del_attr(consumer, attr)
-        for attr, value in plan.set_attrs.items():
-            set_attr(consumer, attr, value)
         pending.deletes.setdefault(scope.path, []).append(bn_node)
         dirty.update(id(n) for n in touched if n is not None)
         via = " through Flatten" if following.flatten is not None else ""
@@ -400,9 +394,7 @@ class FoldEngine:
         """Rewrite the producer with the plan and drop ``bn`` (a BN, or a scale Mul/Add whose
         constant is ``params``) and the nodes between them."""
         producer = chain.producer
-        for update in plan.updates:
-            self._write_input(scope, producer, update, pending)
-        release_pages(self.maps)  # the weights it read are folded: let the OS have them back
+        self._rewrite(scope, producer, plan, pending)
         for const in chain.adds:
             self.released.constants[(const.scope.path, const.name)] = None
         if params is None:
@@ -418,13 +410,21 @@ class FoldEngine:
             self.released.values[(scope.path, node.input[0])] = None
         self.released.values[(scope.path, producer.output[0])] = None
         producer.output[0] = bn.output[0]
-        if plan.op_type:
-            producer.op_type = plan.op_type
-        for attr in plan.del_attrs:
-            del_attr(producer, attr)
-        for attr, value in plan.set_attrs.items():
-            set_attr(producer, attr, value)
         pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
+
+    def _rewrite(
+        self, scope: Scope, layer: onnx.NodeProto, plan: FoldPlan, pending: _Pending
+    ) -> None:
+        """Give ``layer`` the plan's new weights, op type and attributes."""
+        for update in plan.updates:
+            self._write_input(scope, layer, update, pending)
+        release_pages(self.maps)  # the weights it read are folded: let the OS have them back
+        if plan.op_type:
+            layer.op_type = plan.op_type
+        for attr in plan.del_attrs:
+            del_attr(layer, attr)
+        for attr, value in plan.set_attrs.items():
+            set_attr(layer, attr, value)
 
     def _write_input(
         self, scope: Scope, node: onnx.NodeProto, update: TensorUpdate, pending: _Pending

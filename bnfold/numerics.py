@@ -14,6 +14,8 @@ import numpy as np
 import numpy.typing as npt
 from onnx import TensorProto, numpy_helper
 
+from bnfold.wire import reset_data
+
 F64 = npt.NDArray[np.float64]
 
 #: ONNX element types a BatchNormalization can be folded in, with their display names.
@@ -158,32 +160,15 @@ def folded_bias(s: F64, bias: F64, mean: F64, beta: F64) -> F64:
     return result
 
 
-_DATA_FIELDS = (
-    "float_data",
-    "int32_data",
-    "string_data",
-    "int64_data",
-    "double_data",
-    "uint64_data",
-    "raw_data",
-    "external_data",
-    "data_location",
-)
-
-
 def store(tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None:
     """Replace the contents of ``tensor`` (name, doc string and metadata kept) with ``values``.
 
     Written straight into the tensor: one copy into the model, whether the old data was inline,
     in typed fields or in an external file.
     """
-    check = make_tensor(tensor.name, values.reshape(-1)[:0], elem_type)  # validates the dtype
-    for name in _DATA_FIELDS:
-        tensor.ClearField(name)
-    del tensor.dims[:]
-    tensor.dims.extend(values.shape)
-    tensor.data_type = check.data_type
-    tensor.raw_data = _little_endian_bytes(np.ascontiguousarray(values))
+    raw = storable(values, elem_type).tobytes()
+    reset_data(tensor, tuple(values.shape), elem_type)
+    tensor.raw_data = raw
 
 
 def storable(values: npt.NDArray[Any], elem_type: int) -> npt.NDArray[Any]:
@@ -193,13 +178,6 @@ def storable(values: npt.NDArray[Any], elem_type: int) -> npt.NDArray[Any]:
     if sys.byteorder == "big" and out.dtype.itemsize > 1:
         out = out.byteswap()
     return out
-
-
-def _little_endian_bytes(values: npt.NDArray[Any]) -> bytes:
-    """ONNX raw_data is little-endian whatever the machine."""
-    if sys.byteorder == "big" and values.dtype.itemsize > 1:
-        values = values.byteswap()
-    return values.tobytes()
 
 
 def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorProto:

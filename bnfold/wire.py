@@ -172,15 +172,32 @@ def held_key(tensor: TensorProto) -> str | None:
     return None
 
 
-def hold(tensor: TensorProto, key: str, shape: tuple[int, ...], elem_type: int) -> None:
-    """Make ``tensor`` a header for values held under ``key`` (its name and doc string stay)."""
-    for name in ("float_data", "int32_data", "string_data", "int64_data", "double_data"):
-        tensor.ClearField(name)
-    for name in ("uint64_data", "raw_data", "external_data"):
+_DATA_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+    "raw_data",
+    "external_data",
+    "data_location",
+)
+
+
+def reset_data(tensor: TensorProto, shape: tuple[int, ...], elem_type: int) -> None:
+    """Drop ``tensor``'s contents wherever they were (typed fields, raw bytes, external file) and
+    give it a new shape and type; its name, doc string and metadata stay."""
+    for name in _DATA_FIELDS:
         tensor.ClearField(name)
     del tensor.dims[:]
     tensor.dims.extend(shape)
     tensor.data_type = elem_type
+
+
+def hold(tensor: TensorProto, key: str, shape: tuple[int, ...], elem_type: int) -> None:
+    """Make ``tensor`` a header for values held under ``key`` (its name and doc string stay)."""
+    reset_data(tensor, shape, elem_type)
     entry = tensor.external_data.add()
     entry.key, entry.value = HELD_KEY, key
     tensor.data_location = TensorProto.EXTERNAL
