@@ -13,7 +13,7 @@ import onnx
 from bnfold import verification
 from bnfold.engine import FoldEngine
 from bnfold.errors import UsageError, VerificationFailed
-from bnfold.modelio import read_model, stage_model
+from bnfold.modelio import external_locations, read_model, stage_model
 from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule
 from bnfold.verification import VerifyReport
@@ -119,8 +119,11 @@ def fold_file(
     # Weights stay on disk (inline or external): folds read what they change, the writer copies
     # the rest from file to file.
     model, external = read_model(src, load_external_data=False, lazy=True)
-    # Folded weights stay numpy arrays ("held") until written: one copy less of each.
-    engine = FoldEngine(model, rules, base_dir=src.parent, hold=write)
+    if write and not in_place:
+        _check_not_an_input(src, dst, external_locations(model))
+    # Folded weights stay numpy arrays ("held") until written: one copy less of each, and for
+    # inspect/check (write=False) none of them is serialized into the model at all.
+    engine = FoldEngine(model, rules, base_dir=src.parent, hold=True)
     report = engine.run()
     if not write:
         return FileFoldResult(input=src, output=None, report=report, status="inspected")
@@ -185,6 +188,22 @@ def _refusal(result: FileFoldResult) -> str:
     return (
         f"{result.input}: the folded model's outputs differ from the original{detail}; not written"
     )
+
+
+def _check_not_an_input(src: Path, dst: Path, locations: Sequence[str]) -> None:
+    """Refuse an output, or the data file beside it, that is one of the files the input reads:
+    writing it would modify the input."""
+    data = dst.with_name(dst.name + ".data")
+    for location in locations:
+        used = src.parent / location
+        for out in (dst, data):
+            if _same_file(used, out):
+                raise UsageError(
+                    f"{out}: would overwrite {used}, the external data of the input {src}",
+                    hint="choose another -o/--output",
+                )
+    if _same_file(src, data):
+        raise UsageError(f"{data}: would overwrite the input", hint="choose another -o/--output")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,39 +22,49 @@ from onnx import TensorProto
 
 from bnfold.errors import InputError, OutputError
 from bnfold.graph import DEFAULT_DOMAINS, subgraphs
-from bnfold.wire import is_self_reference, open_model
-from bnfold.writer import write_model
+from bnfold.wire import is_held, is_self_reference, open_model
+from bnfold.writer import (
+    element_count,
+    expected_nbytes,
+    external_ref,
+    graph_tensors,
+    node_tensors,
+    write_model,
+)
 
 #: protobuf cannot serialize a message of 2 GiB or more; such models must keep data external.
 PROTOBUF_LIMIT = 2**31 - 1
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    """True when any initializer (main graph or subgraph) stores its data in an external file
-    (not counting weights bnfold left inline in the model file it opened)."""
-    return any(
-        t.data_location == TensorProto.EXTERNAL and not is_self_reference(t)
-        for t in _all_initializers(model.graph)
-    )
+    """True when any tensor (initializers and attribute values, in every graph and function)
+    stores its data in an external file (not counting weights bnfold left inline in the model
+    file it opened)."""
+    return any(_is_external(t) for t in all_tensors(model))
 
 
 def external_locations(model: onnx.ModelProto) -> list[str]:
     """The external data files the model's tensors name, each once, in order."""
     found: dict[str, None] = {}
-    for t in _all_initializers(model.graph):
-        if t.data_location == TensorProto.EXTERNAL and not is_self_reference(t):
+    for t in all_tensors(model):
+        if _is_external(t):
             for e in t.external_data:
                 if e.key == "location":
                     found[e.value] = None
     return list(found)
 
 
-def _all_initializers(graph: onnx.GraphProto) -> list[TensorProto]:
-    found = list(graph.initializer)
-    for node in graph.node:
-        for _, body in subgraphs(node):
-            found.extend(_all_initializers(body))
-    return found
+def _is_external(tensor: TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL and not is_self_reference(tensor)
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every tensor of the model: initializers and node attributes, in the main graph, its
+    subgraphs and the model-local functions."""
+    yield from graph_tensors(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from node_tensors(node)
 
 
 def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
@@ -72,23 +83,30 @@ def read_model(
     is for bnfold's own reader and writer, which know where to find them.
     """
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file", hint="check the path")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such file", hint="check the path") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{p}: is a folder, not a model file")
-    if p.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{p}: not a regular file (a pipe or device?)", hint="pass a model file")
+    if st.st_size == 0:
         raise InputError(f"{p}: the file is empty", hint="re-export or re-download the model")
     try:
         model = open_model(p) if lazy else onnx.load(str(p), load_external_data=False)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(
             f"{p}: not a readable ONNX model ({_first_line(exc) or 'protobuf parse failed'})",
             hint="is the file truncated or of another format?",
         ) from None
     check_structure(model, p)
+    _check_tensors(model, p)
     external = uses_external_data(model)
-    if external:
-        _check_external_files(model, p)
     if load_external_data and external and not lazy:
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
@@ -102,24 +120,70 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
-    for tensor in _all_initializers(model.graph):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (path.parent / location).resolve()
-        if not location or not target.is_file():
+def _check_tensors(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse tensors whose data cannot be what their dims and type say, and external data
+    outside the model's folder, before anything reads them."""
+    for tensor in all_tensors(model):
+        try:
+            _check_tensor(tensor, path.parent)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc.message}", hint=exc.hint) from None
+
+
+#: The typed field that holds each element type's values, and values per element.
+_TYPED_FIELDS: dict[int, tuple[str, int]] = {
+    TensorProto.FLOAT: ("float_data", 1),
+    TensorProto.COMPLEX64: ("float_data", 2),
+    TensorProto.DOUBLE: ("double_data", 1),
+    TensorProto.COMPLEX128: ("double_data", 2),
+    TensorProto.INT64: ("int64_data", 1),
+    TensorProto.UINT32: ("uint64_data", 1),
+    TensorProto.UINT64: ("uint64_data", 1),
+    TensorProto.STRING: ("string_data", 1),
+    **{
+        t: ("int32_data", 1)
+        for t in (
+            TensorProto.INT32,
+            TensorProto.INT16,
+            TensorProto.INT8,
+            TensorProto.UINT16,
+            TensorProto.UINT8,
+            TensorProto.BOOL,
+            TensorProto.FLOAT16,
+            TensorProto.BFLOAT16,
+        )
+    },
+}
+
+
+def _check_tensor(tensor: TensorProto, base_dir: Path) -> None:
+    need = expected_nbytes(tensor)  # also refuses negative dims
+    if tensor.data_location == TensorProto.EXTERNAL:
+        if is_held(tensor):
+            return
+        have = external_ref(tensor, base_dir).length
+        what = "raw data" if is_self_reference(tensor) else "external data"
+    elif tensor.HasField("raw_data"):
+        have, what = len(tensor.raw_data), "raw data"
+    else:
+        typed = _TYPED_FIELDS.get(tensor.data_type)
+        if typed is None:
+            return
+        name, per = typed
+        count, want = len(getattr(tensor, name)), element_count(tensor) * per
+        if count != want:
             raise InputError(
-                f"{path}: external data file '{location}' for tensor '{tensor.name}' is missing",
-                hint="keep the .data file next to the model",
+                f"tensor '{tensor.name}' holds {count} values, but its shape {list(tensor.dims)} "
+                f"needs {want}",
+                hint="the model is damaged or was edited by hand",
             )
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
-        if end > target.stat().st_size:
-            raise InputError(
-                f"{path}: external data file '{location}' is shorter than tensor "
-                f"'{tensor.name}' needs (truncated copy?)"
-            )
+        return
+    if need is not None and have != need:
+        raise InputError(
+            f"tensor '{tensor.name}' has {have} bytes of {what}, but its shape "
+            f"{list(tensor.dims)} and type need {need}",
+            hint="the model or its data file is damaged, truncated or from another model",
+        )
 
 
 def check_structure(model: onnx.ModelProto, path: Path | str = "<model>") -> None:
@@ -184,18 +248,55 @@ class StagedModel:
         return self.tmpdir / self.target.name
 
     def commit(self) -> list[Path]:
-        """Move the staged files into place; returns the files written."""
-        written = []
+        """Move the staged files into place; returns the files written.
+
+        Model and data file change together or not at all: the data file goes first (so the
+        new model never points into old data), and if the model then cannot be renamed into
+        place (an immutable file, a full disk, a permission), the data file that was there is
+        put back and nothing has changed.
+        """
+        data = self.tmpdir / self.data_name if self.data_name else None
+        if data is None or not data.exists():
+            self._replace(self.path, self.target)
+            return [self.target]
+        data_target = self.target.parent / data.name
+        backup = self._keep(data_target)
+        self._replace(data, data_target)
         try:
-            if self.data_name and (self.tmpdir / self.data_name).exists():
-                data_target = self.target.parent / self.data_name
-                os.replace(self.tmpdir / self.data_name, data_target)
-                written.append(data_target)
-            os.replace(self.path, self.target)
+            self._replace(self.path, self.target)
+        except OutputError:
+            try:
+                if backup is not None:
+                    os.replace(backup, data_target)
+                else:
+                    data_target.unlink()
+            except OSError as exc:
+                raise OutputError(
+                    f"{self.target}: cannot write, and {data_target} could not be restored "
+                    f"({exc.strerror or exc}); the old data file is in {backup}"
+                ) from None
+            raise
+        return [data_target, self.target]
+
+    def _keep(self, path: Path) -> Path | None:
+        """A second name for the file at ``path`` in the staging folder, to restore it from."""
+        if not path.exists():
+            return None
+        backup = self.tmpdir / ".previous.data"
+        try:
+            os.link(path, backup)
         except OSError as exc:
-            raise OutputError(f"{self.target}: cannot write ({exc.strerror or exc})") from None
-        written.append(self.target)
-        return written
+            raise OutputError(
+                f"{path}: cannot replace it safely ({exc.strerror or exc})",
+                hint="check the output folder's permissions",
+            ) from None
+        return backup
+
+    def _replace(self, staged: Path, target: Path) -> None:
+        try:
+            os.replace(staged, target)
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
 
 
 @contextmanager

@@ -162,6 +162,11 @@ def is_self_reference(tensor: TensorProto) -> bool:
     )
 
 
+def is_held(tensor: TensorProto) -> bool:
+    """True for a tensor whose values bnfold holds as an array (see ``held_key``)."""
+    return held_key(tensor) is not None
+
+
 def held_key(tensor: TensorProto) -> str | None:
     """The key of a tensor's values in bnfold's ``held`` mapping, if they are held there."""
     if tensor.data_location != TensorProto.EXTERNAL:

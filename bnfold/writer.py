@@ -15,6 +15,8 @@ the tensors it actually changes.
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from onnx import AttributeProto, TensorProto
 
+from bnfold.errors import InputError
 from bnfold.wire import encode_varint, held_key
 
 #: Tensors with at least this many bytes of raw data go to the external data file.
@@ -86,16 +89,82 @@ class ExternalRef:
     length: int
 
 
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def resolve_location(base_dir: Path, location: str) -> Path:
+    """The file an external-data ``location`` names, refused unless it is a regular file inside
+    ``base_dir`` (the model's folder): a model is untrusted input, and a location such as
+    ``../../etc/passwd``, an absolute path or a symlink out of the folder would make bnfold read,
+    and copy into its output, a file the model has no business with (onnx's checker refuses the
+    same)."""
+    if not location:
+        raise InputError("an external-data tensor names no location (file)")
+    if "\0" in location:
+        raise InputError(f"external data location {location!r} is not a file name")
+    parts = location.replace("\\", "/").split("/")
+    if location.startswith(("/", "\\")) or Path(location).is_absolute() or _DRIVE.match(location):
+        raise InputError(
+            f"external data location {location!r} is an absolute path; only files in the "
+            "model's folder are read"
+        )
+    if ".." in parts:
+        raise InputError(
+            f"external data location {location!r} leads out of the model's folder; only files "
+            "in the model's folder are read"
+        )
+    path = base_dir / location
+    try:
+        real, root = os.path.realpath(path), os.path.realpath(base_dir)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"external data location {location!r}: {exc}") from None
+    if os.path.commonpath([real, root]) != root:
+        raise InputError(
+            f"external data location {location!r} is a link out of the model's folder; only "
+            "files in the model's folder are read"
+        )
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise InputError(
+            f"external data file {location!r} is missing", hint="keep it next to the model"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"external data location {location!r} is not a regular file")
+    return path
+
+
+def _entry_int(info: dict[str, str], key: str, tensor: TensorProto) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InputError(
+            f"tensor '{tensor.name}': external data {key} {info[key]!r} is not a byte count"
+        )
+    return value
+
+
 def external_ref(tensor: TensorProto, base_dir: Path) -> ExternalRef:
-    """The location of an EXTERNAL tensor's data, relative to the model's folder."""
+    """The location of an EXTERNAL tensor's data, relative to the model's folder; InputError
+    when the location is not a file in that folder or the offset/length do not fit it."""
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
-    offset = int(info.get("offset", 0) or 0)
-    if "length" in info:
-        length = int(info["length"])
-    else:
-        length = (base_dir / location).stat().st_size - offset
-    return ExternalRef(base_dir / location, offset, length)
+    path = resolve_location(base_dir, location)
+    offset = _entry_int(info, "offset", tensor) or 0
+    length = _entry_int(info, "length", tensor)
+    size = path.stat().st_size
+    if length is None:
+        length = max(size - offset, 0)
+    if offset + length > size:
+        raise InputError(
+            f"external data file {location!r} is shorter than tensor '{tensor.name}' needs "
+            f"({offset + length} bytes, the file has {size}; truncated copy?)"
+        )
+    return ExternalRef(path, offset, length)
 
 
 def read_external(tensor: TensorProto, base_dir: Path) -> bytes:
@@ -225,7 +294,7 @@ def _header(tensor: TensorProto) -> TensorProto:
     return before
 
 
-def _node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
+def node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
     """Every tensor a node holds: attribute values and the initializers of its subgraphs."""
     for attr in node.attribute:
         if attr.type == AttributeProto.TENSOR:
@@ -233,16 +302,16 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
         elif attr.type == AttributeProto.TENSORS:
             yield from attr.tensors
         elif attr.type == AttributeProto.GRAPH:
-            yield from _graph_tensors(attr.g)
+            yield from graph_tensors(attr.g)
         elif attr.type == AttributeProto.GRAPHS:
             for g in attr.graphs:
-                yield from _graph_tensors(g)
+                yield from graph_tensors(g)
 
 
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+def graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
     yield from graph.initializer
     for node in graph.node:
-        yield from _node_tensors(node)
+        yield from node_tensors(node)
 
 
 # -- the plan: every piece of the file with its size, before anything is written ----------------
@@ -268,15 +337,40 @@ _ITEM_SIZE: dict[int, int] = {
 }
 
 
-def _raw_size(tensor: TensorProto) -> int:
-    """Length of ``tensor.raw_data`` from its dims and type (reading it would copy it)."""
-    item = _ITEM_SIZE.get(tensor.data_type)
-    if item is None:
-        return len(tensor.raw_data)
-    n = item
+#: Element types packed two to a byte (int4, uint4, float4e2m1).
+_PACKED_4BIT = (21, 22, 23)
+#: float8 types: one byte each.
+_FLOAT8 = (17, 18, 19, 20)
+
+
+def element_count(tensor: TensorProto) -> int:
+    """The number of elements ``tensor``'s dims declare (InputError for a negative dim)."""
+    n = 1
     for d in tensor.dims:
+        if d < 0:
+            raise InputError(f"tensor '{tensor.name}' has a negative dimension {d}")
         n *= int(d)
     return n
+
+
+def expected_nbytes(tensor: TensorProto) -> int | None:
+    """How many bytes of raw data ``tensor``'s dims and type need; None for variable-size types
+    (strings) and types this bnfold does not know."""
+    n = element_count(tensor)
+    item = _ITEM_SIZE.get(tensor.data_type)
+    if item is not None:
+        return item * n
+    if tensor.data_type in _FLOAT8:
+        return n
+    if tensor.data_type in _PACKED_4BIT:
+        return (n + 1) // 2
+    return None
+
+
+def _raw_size(tensor: TensorProto) -> int:
+    """Length of ``tensor.raw_data`` from its dims and type (reading it would copy it)."""
+    n = expected_nbytes(tensor)
+    return len(tensor.raw_data) if n is None else n
 
 
 @dataclass(frozen=True)
@@ -388,11 +482,11 @@ def _plan_graph(
 
 def _plan_node(node: onnx.NodeProto, data: _DataLayout) -> onnx.NodeProto:
     """The node itself, or a copy whose large tensors point into the data file."""
-    if not any(_goes_external(t) for t in _node_tensors(node)):
+    if not any(_goes_external(t) for t in node_tensors(node)):
         return node
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
-    for original, mirror in zip(_node_tensors(node), _node_tensors(copy), strict=True):
+    for original, mirror in zip(node_tensors(node), node_tensors(copy), strict=True):
         if _goes_external(original):
             data.externalize(original, mirror)
             mirror.ClearField("raw_data")
