@@ -68,22 +68,42 @@ class Outcome:
 
 
 def collect_tasks(
-    paths: Sequence[Path], output: Path | None, *, in_place: bool, write: bool
+    paths: Sequence[Path],
+    output: str | os.PathLike[str] | None,
+    *,
+    in_place: bool,
+    write: bool,
 ) -> list[Task]:
     """Expand folders into the models under them and decide each output path.
 
-    A single file with ``-o`` writes exactly there (or into ``-o`` if it is a folder); several
-    models or a folder need ``-o`` to be a folder (created if missing), mirroring the input tree.
+    A single file with ``-o`` writes exactly there (or into ``-o`` if it is a folder or ends with
+    a path separator); several models or a folder need ``-o`` to be a folder (created if
+    missing), mirroring the input tree. An output folder inside an input folder is not searched
+    (a second run must not fold the first run's outputs), and two models that would be written
+    to the same file, or over one of the inputs, are a usage error.
     """
+    out_text = os.fspath(output) if output is not None else None
+    out = Path(out_text) if out_text is not None else None
+    wants_folder = out_text is not None and out_text.endswith(("/", os.sep))
     entries: list[tuple[Path, Path]] = []  # (model file, path relative to its argument)
     batch = len(paths) > 1
     for arg in paths:
-        if arg.is_dir():
+        if _is_dir(arg):
             batch = True
+            skip = _resolved(out) if out is not None and write and not in_place else None
+            if skip is not None and skip == _resolved(arg):
+                raise UsageError(
+                    f"{out}: the output folder is the input folder, so every output would "
+                    "overwrite its input",
+                    hint="choose another -o/--output, or pass --in-place",
+                )
             found = sorted(
                 p
                 for p in arg.rglob("*.onnx")
-                if p.is_file() and not p.name.endswith(FOLDED_SUFFIX) and ".bnfold-" not in str(p)
+                if p.is_file()
+                and not p.name.endswith(FOLDED_SUFFIX)
+                and ".bnfold-" not in str(p)
+                and not _inside(p, skip)
             )
             if not found:
                 raise InputError(
@@ -95,21 +115,73 @@ def collect_tasks(
     if not write:
         return [Task(p, None) for p, _ in entries]
     if in_place:
-        if output is not None:
+        if out is not None:
             raise UsageError("--in-place and -o/--output contradict each other")
-        return [Task(p, p) for p, _ in entries]
-    if output is None:
-        return [Task(p, default_output(p)) for p, _ in entries]
-    if not batch and not output.is_dir() and not str(output).endswith(os.sep):
-        return [Task(entries[0][0], output)]
+        return _distinct([Task(p, p) for p, _ in entries])
+    if out is None:
+        return _distinct([Task(p, default_output(p)) for p, _ in entries])
+    if not batch and not wants_folder and not _is_dir(out):
+        return _distinct([Task(entries[0][0], out)])
+    if batch and not wants_folder and not _is_dir(out) and out.suffix == ".onnx":
+        raise UsageError(
+            f"{out}: several models cannot be written to one file",
+            hint="give -o/--output a folder (it is created if missing)",
+        )
     try:
-        output.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"{output}: cannot create the output folder ({exc.strerror or exc})",
+            f"{out}: cannot create the output folder ({exc.strerror or exc})",
             hint="choose another -o/--output",
         ) from None
-    return [Task(p, output / rel) for p, rel in entries]
+    return _distinct([Task(p, out / rel) for p, rel in entries])
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system, a loop of links: not a folder
+        return False
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    resolved = _resolved(path)
+    return resolved is not None and folder in resolved.parents
+
+
+def _distinct(tasks: list[Task]) -> list[Task]:
+    """Refuse a batch in which two models would be written to one file, or one model's output
+    would replace another model of the same batch."""
+    inputs = {_resolved(t.input): t for t in tasks}
+    outputs: dict[Path, Task] = {}
+    for task in tasks:
+        assert task.output is not None
+        key = _resolved(task.output)
+        if key is None:
+            continue
+        first = outputs.setdefault(key, task)
+        if first is not task:
+            raise UsageError(
+                f"{first.input} and {task.input} would both be written to {task.output}",
+                hint="fold them in separate runs, or into separate -o/--output folders",
+            )
+        other = inputs.get(key)
+        if other is not None and other is not task:
+            raise UsageError(
+                f"{task.input}: its output {task.output} would replace {other.input}, another "
+                "model of this run",
+                hint="choose another -o/--output",
+            )
+    return tasks
 
 
 def run_task(

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from typer._click.exceptions import ClickException  # typer 0.26+ carries its own click
 from typer.core import TyperGroup
 
 from bnfold import __version__
@@ -35,29 +37,64 @@ if TYPE_CHECKING:
     from bnfold.verification import VerifyReport
 
 
+#: Characters that a terminal acts on instead of showing: C0 controls (escape sequences start
+#: with ESC), DEL, C1 controls, and the bidirectional overrides that reorder what is shown.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _code_point(match: re.Match[str]) -> str:
+    n = ord(match.group())
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``): file and node
+    names come from untrusted models and command lines and must not drive the terminal."""
+    return _CONTROL.sub(_code_point, text)
+
+
 def escape(text: str) -> str:
-    """Text shown literally by rich (rich itself is imported only when something is printed)."""
+    """Text shown literally by rich: no markup, no control characters (rich itself is imported
+    only when something is printed)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    return rich_escape(printable(text))
 
 
 def _table(title: str) -> Table:
     from rich.table import Table
 
-    return Table(title=title, title_justify="left")
+    return Table(title=escape(title), title_justify="left")
 
 
 COMMANDS = ("fold", "inspect", "check", "verify", "bench")
 
 
 class _DefaultToFold(TyperGroup):
-    """``bnfold MODEL`` means ``bnfold fold MODEL``: a first word that is no command is a model."""
+    """``bnfold MODEL`` means ``bnfold fold MODEL``: a first word that is no command is a model.
+
+    Usage errors name what was typed (a file name, an unknown option): their message is made
+    printable before click shows it.
+    """
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["fold", *args]
-        return super().parse_args(ctx, args)
+        with _printable_usage_errors():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _printable_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _printable_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except ClickException as exc:
+        exc.message = printable(exc.message)
+        raise
 
 
 app = typer.Typer(
@@ -119,7 +156,8 @@ class _Ui:
             if trace is None and sys.exc_info()[1] is not None:
                 trace = traceback.format_exc()
             if trace:
-                self.err.print(trace, markup=False)
+                lines = trace.rstrip("\n").split("\n")
+                self.err.print("\n".join(printable(line) for line in lines), markup=False)
         self.err.print(f"[red]error:[/red] {escape(text)}")
 
     @staticmethod
@@ -172,8 +210,13 @@ OUT_TOL_OPT = typer.Option(
     metavar="NAME:RTOL:ATOL",
     help="Tolerances for one output, e.g. logits:1e-3:1e-4 (repeatable; empty keeps default).",
 )
+# readable=False: bnfold itself says why a model cannot be read (exit 3), not click (exit 2)
 MODELS_ARG = typer.Argument(
-    ..., help="ONNX model files or folders of them.", show_default=False, metavar="MODEL..."
+    ...,
+    help="ONNX model files or folders of them.",
+    show_default=False,
+    metavar="MODEL...",
+    readable=False,
 )
 TIMEOUT_OPT = typer.Option(600.0, "--timeout", help="Seconds verification may take.")
 
@@ -367,7 +410,7 @@ def _run(
     ui: _Ui,
     *,
     as_json: bool,
-    output: Path | None = None,
+    output: str | None = None,
     in_place: bool = False,
     verify: VerifyOptions | None = None,
     force: bool = False,
@@ -457,11 +500,11 @@ def _render_one(o: Outcome, mode: Mode, ui: _Ui) -> None:
 @app.command("fold")
 def fold_cmd(
     models: list[Path] = MODELS_ARG,
-    output: Path | None = typer.Option(
+    output: str | None = typer.Option(
         None,
         "-o",
         "--output",
-        help="Output file, or a folder for several models [default: MODEL's stem + "
+        help="Output file, or a folder (an existing one, or ending in /) [default: MODEL's stem + "
         "'.folded.onnx' beside it].",
         show_default=False,
     ),
@@ -562,8 +605,12 @@ def check_cmd(
 
 @app.command("verify")
 def verify_cmd(
-    original: Path = typer.Argument(..., help="The reference model.", show_default=False),
-    candidate: Path = typer.Argument(..., help="The model to compare with it.", show_default=False),
+    original: Path = typer.Argument(
+        ..., help="The reference model.", show_default=False, readable=False
+    ),
+    candidate: Path = typer.Argument(
+        ..., help="The model to compare with it.", show_default=False, readable=False
+    ),
     input_shape: list[str] | None = SHAPE_OPT,
     inputs: Path | None = INPUTS_OPT,
     samples: int = SAMPLES_OPT,
@@ -613,7 +660,9 @@ def verify_cmd(
 
 @app.command("bench")
 def bench_cmd(
-    model: Path = typer.Argument(..., help="The model to benchmark.", show_default=False),
+    model: Path = typer.Argument(
+        ..., help="The model to benchmark.", show_default=False, readable=False
+    ),
     folded: Path | None = typer.Option(
         None, "--folded", help="Its folded form [default: fold MODEL in memory]."
     ),
