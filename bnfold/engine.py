@@ -49,6 +49,7 @@ from bnfold.rules._base import (
     find_following,
     read_batchnorm,
     read_scale,
+    rules_by_op,
     split_constant,
     walk_chain,
 )
@@ -172,8 +173,8 @@ class FoldEngine:
         # (bnfold.writer), instead of being copied into the model first.
         self.held: dict[str, npt.NDArray[Any]] | None = {} if hold else None
         self.maps: dict[Path, mmap.mmap] = {}  # weight files mapped while folding
-        self.rules = {op: rule for rule in rules for op in rule.op_types}
-        self.forward_rules = {op: rule for rule in forward_rules for op in rule.op_types}
+        self.rules: dict[str, FoldRule] = rules_by_op(rules)
+        self.forward_rules: dict[str, ForwardRule] = rules_by_op(forward_rules)
         self.ranks = _Ranks(model)
         self.decisions: dict[tuple[str, str], BNDecision] = {}
         self.released = _Released()

@@ -1,9 +1,10 @@
-"""Folding rules, one producer type per module, applied in this order."""
+"""Folding rules, one layer type per module, in explicit ordered tuples (no registration by
+import side effect). Each op type has one rule in each tuple: ``rules_by_op`` refuses two."""
 
 from __future__ import annotations
 
 from bnfold.rules import bn_into_conv, bn_into_gemm, conv_bn, convtranspose_bn, gemm_bn, matmul_bn
-from bnfold.rules._base import FoldRule, ForwardRule, Reason, Skip
+from bnfold.rules._base import FoldRule, ForwardRule, LayerBeforeRule, Reason, Skip, rules_by_op
 
 DEFAULT_RULES: tuple[FoldRule, ...] = (
     conv_bn.RULE,
@@ -18,4 +19,13 @@ FORWARD_RULES: tuple[ForwardRule, ...] = (
     bn_into_gemm.RULE,
 )
 
-__all__ = ["DEFAULT_RULES", "FORWARD_RULES", "FoldRule", "ForwardRule", "Reason", "Skip"]
+__all__ = [
+    "DEFAULT_RULES",
+    "FORWARD_RULES",
+    "FoldRule",
+    "ForwardRule",
+    "LayerBeforeRule",
+    "Reason",
+    "Skip",
+    "rules_by_op",
+]

@@ -6,7 +6,7 @@ A rule never returns "no" silently: it raises ``Skip`` with a reason code and a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -493,3 +493,109 @@ def optional_weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) 
     if index >= len(node.input) or not node.input[index]:
         return None
     return weight(scope, node, index, label)
+
+
+# -- one base for the rules that fold into the layer before the BatchNormalization -------------
+
+
+class LayerBeforeRule:
+    """Conv, ConvTranspose, Gemm and MatMul fold alike: the layer's weight (input 1) is scaled
+    along the axis that holds its output channels, and its bias (input 2, created when absent)
+    becomes s * (b - mean) + beta. A subclass says only what differs, through the hooks:
+
+    - ``check_layer``: refusals about the layer itself (attributes from a function, rank);
+    - ``layout``: (channels, rank of the output) from the weight's shape;
+    - ``scale_weight``: the weight scaled per output channel (the channel axis, groups);
+    - ``layer_bias``: the bias the layer already adds (a Conv's b, a Gemm's beta * C);
+    - ``finish``: the plan's op type and attribute changes (MatMul becomes Gemm).
+
+    Every check runs before the weight is scaled: a refusal costs no arithmetic on weights.
+    """
+
+    op_types: tuple[str, ...] = ()
+    weight_label = "weight"
+    bias_label = "bias"
+    bias_suffix = "_bias"
+
+    def check_layer(self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto) -> None:
+        """Skip for what makes the layer unfoldable whatever its weights (default: nothing)."""
+
+    def layout(
+        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+    ) -> tuple[int, int]:
+        """(output channels, output rank) of the layer, or Skip when its weight does not fit;
+        ``after`` is the value the BN or scale layer reads (the layer's output, or what an Add
+        after it makes)."""
+        raise NotImplementedError
+
+    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+        """The weight with each output channel c scaled by s[c], rounded into its dtype."""
+        raise NotImplementedError
+
+    def layer_bias(
+        self, scope: Scope, layer: onnx.NodeProto, channels: int
+    ) -> tuple[F64 | None, Constant | None]:
+        """(what the layer adds per channel as float64, the constant it comes from); Skip when it
+        does not fit. Default: an optional [C] bias at input 2."""
+        b = optional_weight(scope, layer, 2, self.bias_label)
+        if b is None:
+            return None, None
+        if b.shape != (channels,):
+            raise Skip(
+                Reason.SHAPE_MISMATCH,
+                f"{describe(layer)} {self.bias_label} has shape {list(b.shape)}",
+            )
+        return numerics.to_float64_array(b.array()), b
+
+    def finish(self, scope: Scope, plan: FoldPlan) -> FoldPlan:
+        """Attribute and op-type changes the fold needs (default: none)."""
+        return plan
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    ) -> tuple[int, int]:
+        """(channels, rank) of the producer's output, or Skip: what a Mul/Add must fit."""
+        self.check_layer(ctx, scope, producer)
+        w = weight(scope, producer, 1, self.weight_label)
+        return self.layout(ctx, scope, producer, w, producer.output[0])
+
+    def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
+        layer = chain.producer
+        self.check_layer(ctx, scope, layer)
+        w = weight(scope, layer, 1, self.weight_label)
+        check_dtypes(scope, bn, w.elem_type)
+        channels, rank = self.layout(ctx, scope, layer, w, bn.x)
+        check_channels(bn, channels, layer)
+        bias = added_bias(chain, rank, channels)
+        existing, b = self.layer_bias(scope, layer, channels)
+        if existing is not None:
+            bias = existing + bias
+        new_w = self.scale_weight(layer, w, bn.s)
+        new_b = rounded(
+            numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), w.elem_type, self.bias_label
+        )
+        hint = b.name if b is not None else f"{layer.name or w.name}{self.bias_suffix}"
+        return self.finish(
+            scope,
+            FoldPlan(
+                [
+                    TensorUpdate(1, new_w, w.elem_type, w.name),
+                    TensorUpdate(2, new_b, w.elem_type, hint),
+                ]
+            ),
+        )
+
+
+def rules_by_op(rules: Sequence[FoldRule] | Sequence[ForwardRule]) -> dict[str, Any]:
+    """{op type: rule} for an ordered tuple of rules; two rules claiming one op type is an error,
+    not a silent replacement of the first by the second."""
+    found: dict[str, Any] = {}
+    for rule in rules:
+        for op in rule.op_types:
+            if op in found:
+                raise ValueError(
+                    f"rules {type(found[op]).__name__} and {type(rule).__name__} both fold "
+                    f"into {op}: give each op type one rule"
+                )
+            found[op] = rule
+    return found

@@ -6,75 +6,69 @@ it is (exact); beta is folded into the new C, which may be absent, a scalar, [N]
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import onnx
 
 from bnfold import numerics
-from bnfold.graph import Scope, attr_is_reference, get_attr
+from bnfold.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.rules._base import (
-    BatchNorm,
-    Chain,
+    F64,
     FoldPlan,
+    LayerBeforeRule,
     Reason,
     RuleContext,
     Skip,
-    TensorUpdate,
-    added_bias,
-    check_channels,
-    check_dtypes,
     describe,
     optional_weight,
-    rounded,
     rounded_scaled,
-    weight,
 )
 
 
-class GemmBN:
-    op_types: tuple[str, ...] = ("Gemm",)
+class GemmBN(LayerBeforeRule):
+    op_types = ("Gemm",)
+    weight_label = "B"
+    bias_label = "C"
+    bias_suffix = "_C"
 
-    def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
-        gemm = chain.producer
-        ref = attr_is_reference(gemm, ("alpha", "beta", "transA", "transB"))
+    def check_layer(self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto) -> None:
+        ref = attr_is_reference(layer, ("alpha", "beta", "transA", "transB"))
         if ref:
             raise Skip(
                 Reason.FUNCTION_ATTRIBUTE,
-                f"{describe(gemm)} takes '{ref}' from the function's attributes",
+                f"{describe(layer)} takes '{ref}' from the function's attributes",
             )
-        b = weight(scope, gemm, 1, "B")
-        c = optional_weight(scope, gemm, 2, "C")
-        check_dtypes(scope, bn, b.elem_type)
-        if len(b.shape) != 2:
-            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(gemm)} B has shape {list(b.shape)}")
-        trans_b = int(get_attr(gemm, "transB", 0))
-        channels = b.shape[0] if trans_b else b.shape[1]
-        check_channels(bn, channels, gemm)
-        column_scale = bn.s[:, None] if trans_b else bn.s[None, :]
-        new_b = rounded_scaled(b.array(), column_scale, b.elem_type, "B")
-        bias: numerics.F64 = added_bias(chain, 2, channels)
-        if c is not None:
-            if len(c.shape) > 2 or (c.shape and c.shape[-1] not in (1, channels)):
-                raise Skip(Reason.SHAPE_MISMATCH, f"{describe(gemm)} C has shape {list(c.shape)}")
-            beta = float(np.float32(get_attr(gemm, "beta", 1.0)))
-            bias = beta * numerics.to_float64_array(c.array()) + bias
-        new_c = rounded(numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), b.elem_type, "C")
-        set_attrs = {"broadcast": 1} if scope.opset <= 6 else {}
-        return FoldPlan(
-            [
-                TensorUpdate(1, new_b, b.elem_type, b.name),
-                TensorUpdate(2, new_c, b.elem_type, c.name if c else f"{gemm.name or b.name}_C"),
-            ],
-            set_attrs=set_attrs,
-            del_attrs=("beta",),
-        )
 
-    def output_channels(
-        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+    def layout(
+        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
     ) -> tuple[int, int]:
-        b = weight(scope, producer, 1, "B")
-        if len(b.shape) != 2:
-            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(producer)} B has shape {list(b.shape)}")
-        return (b.shape[0] if int(get_attr(producer, "transB", 0)) else b.shape[1]), 2
+        if len(w.shape) != 2:
+            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} B has shape {list(w.shape)}")
+        return (w.shape[0] if int(get_attr(layer, "transB", 0)) else w.shape[1]), 2
+
+    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+        column_scale = s[:, None] if int(get_attr(layer, "transB", 0)) else s[None, :]
+        return rounded_scaled(w.array(), column_scale, w.elem_type, "B")
+
+    def layer_bias(
+        self, scope: Scope, layer: onnx.NodeProto, channels: int
+    ) -> tuple[F64 | None, Constant | None]:
+        """beta * C, for C absent, a scalar, [N], [1, N] or [M, N]."""
+        c = optional_weight(scope, layer, 2, "C")
+        if c is None:
+            return None, None
+        if len(c.shape) > 2 or (c.shape and c.shape[-1] not in (1, channels)):
+            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} C has shape {list(c.shape)}")
+        beta = float(np.float32(get_attr(layer, "beta", 1.0)))
+        scaled: F64 = beta * numerics.to_float64_array(c.array())
+        return scaled, c
+
+    def finish(self, scope: Scope, plan: FoldPlan) -> FoldPlan:
+        set_attrs = {"broadcast": 1} if scope.opset <= 6 else {}
+        return replace(plan, set_attrs=set_attrs, del_attrs=("beta",))
 
 
 RULE = GemmBN()

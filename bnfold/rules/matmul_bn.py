@@ -7,65 +7,53 @@ rank must be known and equal 2. The result is one Gemm: A @ B' + C'.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
+import numpy.typing as npt
 import onnx
 
-from bnfold import numerics
-from bnfold.graph import Scope
+from bnfold.graph import Constant, Scope
 from bnfold.rules._base import (
-    BatchNorm,
-    Chain,
+    F64,
     FoldPlan,
+    LayerBeforeRule,
     Reason,
     RuleContext,
     Skip,
-    TensorUpdate,
-    added_bias,
-    check_channels,
-    check_dtypes,
     describe,
-    rounded,
     rounded_scaled,
-    weight,
 )
 
 
-class MatMulBN:
-    op_types: tuple[str, ...] = ("MatMul",)
+class MatMulBN(LayerBeforeRule):
+    op_types = ("MatMul",)
+    weight_label = "B"
+    bias_label = "C"
 
-    def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
-        matmul = chain.producer
-        b = weight(scope, matmul, 1, "B")
-        check_dtypes(scope, bn, b.elem_type)
-        if len(b.shape) != 2:
+    def layout(
+        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+    ) -> tuple[int, int]:
+        if len(w.shape) != 2:
             raise Skip(
                 Reason.NOT_PER_CHANNEL,
-                f"{describe(matmul)} B has rank {len(b.shape)}; only a 2-D B has one "
+                f"{describe(layer)} B has rank {len(w.shape)}; only a 2-D B has one "
                 "column per channel",
             )
-        _check_rank_2(ctx, scope, matmul, bn.x)
-        channels = b.shape[1]
-        check_channels(bn, channels, matmul)
-        new_b = rounded_scaled(b.array(), bn.s[None, :], b.elem_type, "B")
-        bias = added_bias(chain, 2, channels)
-        new_c = rounded(numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), b.elem_type, "C")
-        set_attrs = {"broadcast": 1} if scope.opset <= 6 else {}
-        return FoldPlan(
-            [
-                TensorUpdate(1, new_b, b.elem_type, b.name),
-                TensorUpdate(2, new_c, b.elem_type, f"{matmul.name or b.name}_bias"),
-            ],
-            op_type="Gemm",
-            set_attrs=set_attrs,
-        )
+        _check_rank_2(ctx, scope, layer, after)
+        return w.shape[1], 2
 
-    def output_channels(
-        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
-    ) -> tuple[int, int]:
-        b = weight(scope, producer, 1, "B")
-        if len(b.shape) != 2:
-            raise Skip(Reason.NOT_PER_CHANNEL, f"{describe(producer)} B has rank {len(b.shape)}")
-        _check_rank_2(ctx, scope, producer, producer.output[0])
-        return b.shape[1], 2
+    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+        return rounded_scaled(w.array(), s[None, :], w.elem_type, "B")
+
+    def layer_bias(
+        self, scope: Scope, layer: onnx.NodeProto, channels: int
+    ) -> tuple[F64 | None, Constant | None]:
+        return None, None  # a MatMul has none: the plan gives the new Gemm its C
+
+    def finish(self, scope: Scope, plan: FoldPlan) -> FoldPlan:
+        set_attrs = {"broadcast": 1} if scope.opset <= 6 else {}
+        return replace(plan, op_type="Gemm", set_attrs=set_attrs)
 
 
 def _check_rank_2(ctx: RuleContext, scope: Scope, matmul: onnx.NodeProto, after: str) -> None:
