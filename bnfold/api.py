@@ -11,8 +11,8 @@ from typing import Any, Literal
 import onnx
 
 from bnfold import verification
-from bnfold.engine import FoldEngine
 from bnfold.errors import UsageError, VerificationFailed
+from bnfold.fold import FoldEngine
 from bnfold.modelio import external_locations, read_model, stage_model
 from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule

@@ -125,7 +125,7 @@ def _ratio(a: Latency, b: Latency) -> float:
 
 def _stats(path: Path, model: Any) -> ModelStats:
     """Size on disk (the model file and the external data files it names), nodes, BNs."""
-    from bnfold.engine import count_nodes
+    from bnfold.fold import count_nodes
     from bnfold.graph import ModelIndex, is_op
     from bnfold.modelio import external_locations
 
@@ -154,7 +154,7 @@ def benchmark(
     Raises UsageError for options that do not fit, InputError when a model cannot be read or
     onnxruntime cannot run it.
     """
-    from bnfold.engine import FoldEngine
+    from bnfold.fold import FoldEngine
     from bnfold.modelio import read_model
     from bnfold.verification import run_child
     from bnfold.writer import write_model

@@ -321,7 +321,7 @@ def test_verification_child_does_not_import_onnx() -> None:
 
     code = (
         "import sys, bnfold._worker\n"
-        "loaded = sorted(m for m in ('onnx', 'bnfold.engine', 'bnfold.api') if m in sys.modules)\n"
+        "loaded = sorted(m for m in ('onnx', 'bnfold.fold', 'bnfold.api') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

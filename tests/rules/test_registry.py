@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bnfold.engine import FoldEngine
+from bnfold.fold import FoldEngine
 from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, LayerBeforeRule, rules_by_op
 from bnfold.rules.conv_bn import ConvBN
 from tests.builders import make_model, vinfo

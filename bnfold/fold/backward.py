@@ -1,0 +1,175 @@
+"""The backward fold pass: each BatchNormalization (and per-channel scale Mul/Add) into the
+Conv, ConvTranspose, Gemm or MatMul before it.
+
+Within a pass the index is a snapshot; a pattern that touches a node already changed in the pass
+is deferred to the next iteration. A BN this pass cannot fold for a reason that is not about the
+BN itself is handed, there and then, to ``ForwardFold``, which may fold it into the layer after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+
+from bnfold.fold.decisions import decide
+from bnfold.fold.driver import NodeKey, PassResult
+from bnfold.fold.forward import ForwardFold
+from bnfold.fold.state import FoldState, Pending, node_key
+from bnfold.graph import Scope, is_op
+from bnfold.report import BNDecision
+from bnfold.rules._base import (
+    Chain,
+    Defer,
+    Reason,
+    Skip,
+    check_mode,
+    read_batchnorm,
+    read_scale,
+    split_constant,
+    walk_chain,
+)
+
+#: Reasons that are about the BatchNormalization itself: no layer, before or after, can take it.
+BN_ITSELF = frozenset(
+    {
+        Reason.TRAINING_MODE,
+        Reason.EXTRA_OUTPUTS,
+        Reason.SPATIAL_MODE,
+        Reason.NON_CONSTANT_PARAM,
+        Reason.FUNCTION_ATTRIBUTE,
+    }
+)
+
+
+class BackwardFold:
+    """The fold pass: into the layer before, else (``forward``) into the layer after."""
+
+    name = "fold"
+
+    def __init__(self, state: FoldState, forward: ForwardFold) -> None:
+        self.state = state
+        self.forward = forward
+
+    def __call__(self) -> PassResult:
+        index = self.state.index()
+        pending = Pending()
+        dirty: set[int] = set()
+        decisions: dict[NodeKey, BNDecision] = {}
+        for scope in index.scopes:
+            for node in scope.nodes:
+                try:
+                    if is_op(node, "BatchNormalization"):
+                        decision: BNDecision | None = self._consider(scope, node, dirty, pending)
+                    elif is_op(node, "Mul") or is_op(node, "Add"):
+                        decision = self._consider_scale(scope, node, dirty, pending)
+                    else:
+                        continue
+                except Defer:
+                    continue
+                if decision is not None:
+                    decisions[node_key(scope, node)] = decision
+        self.state.apply_structure(index, pending)
+        return PassResult(any(d.folded for d in decisions.values()), decisions)
+
+    def _consider(
+        self, scope: Scope, bn_node: onnx.NodeProto, dirty: set[int], pending: Pending
+    ) -> BNDecision:
+        state = self.state
+        chain: Chain | None = None
+        try:
+            check_mode(scope, bn_node)
+            chain = walk_chain(scope, bn_node, tuple(state.rules), _is_dirty(dirty))
+            if id(bn_node) in dirty:
+                raise Defer
+            bn = read_batchnorm(scope, bn_node)
+            rule = state.rules[chain.producer.op_type]
+            plan = rule.plan(state, scope, bn, chain)
+        except Skip as skip:
+            layer = chain.producer if chain else None
+            decision = decide(scope, bn_node, skip.reason, skip.message, layer=layer, chain=chain)
+            if skip.reason in BN_ITSELF:
+                return decision
+            return self.forward.settle(scope, bn_node, decision, skip, dirty, pending)
+        state.apply(scope, bn_node, chain, plan, pending)
+        dirty.update(id(n) for n in (bn_node, chain.producer, *chain.through))
+        via = (
+            " through " + " and ".join(n.op_type for n in reversed(chain.through))
+            if chain.through
+            else ""
+        )
+        target = chain.producer.name or chain.producer.output[0]
+        verb = (
+            f"folded into Gemm '{target}' (was MatMul)"
+            if plan.op_type
+            else (f"folded into {chain.producer.op_type} '{target}'")
+        )
+        return decide(
+            scope, bn_node, Reason.FOLDED, f"{verb}{via}", layer=chain.producer, chain=chain
+        )
+
+    def _consider_scale(
+        self, scope: Scope, node: onnx.NodeProto, dirty: set[int], pending: Pending
+    ) -> BNDecision | None:
+        """A Mul or Add by a per-channel constant right after a layer folds like a BN does.
+
+        Returns None for a Mul/Add that is not such a scale layer (no constant side, or not after
+        a layer bnfold folds into), so the report lists only real candidates.
+        """
+        state = self.state
+        if len(node.input) != 2 or len(node.output) != 1:
+            return None
+        const, x = split_constant(scope, node)
+        if const is None or x is None:
+            return None
+        if node.op_type == "Add" and _feeds_batchnorm(scope, node):
+            return None  # the BatchNormalization after it folds it in, with its own decision
+        producer = _layer_before(scope, x)
+        if producer is None or producer.op_type not in state.rules:
+            return None
+        chain: Chain | None = None
+        try:
+            chain = walk_chain(scope, node, tuple(state.rules), _is_dirty(dirty), start=x)
+            if id(node) in dirty:
+                raise Defer
+            rule = state.rules[chain.producer.op_type]
+            channels, rank = rule.output_channels(state, scope, chain.producer)
+            scale = read_scale(scope, node, const, x, channels, rank)
+            plan = rule.plan(state, scope, scale, chain)
+        except Skip as skip:
+            if producer.op_type == "MatMul":
+                return None  # MatMul + bias Add is everywhere in transformers: not a scale layer
+            return decide(scope, node, skip.reason, skip.message, layer=producer, chain=chain)
+        state.apply(scope, node, chain, plan, pending, params=scale.params)
+        dirty.update(id(n) for n in (node, chain.producer, *chain.through))
+        target = chain.producer.name or chain.producer.output[0]
+        verb = "scale" if node.op_type == "Mul" else "shift"
+        message = f"per-channel {verb} folded into {chain.producer.op_type} '{target}'"
+        return decide(scope, node, Reason.FOLDED, message, layer=producer, chain=chain)
+
+
+def _feeds_batchnorm(scope: Scope, node: onnx.NodeProto) -> bool:
+    readers = scope.consumer_nodes(node.output[0])
+    return len(readers) == 1 and is_op(readers[0], "BatchNormalization")
+
+
+def _layer_before(scope: Scope, name: str) -> onnx.NodeProto | None:
+    """The first node before ``name`` that is not an Identity or a constant Add (no use checks)."""
+    for _ in range(64):
+        node = scope.producer_of(name)
+        if node is None:
+            return None
+        if is_op(node, "Identity"):
+            name = node.input[0]
+            continue
+        if is_op(node, "Add") and len(node.input) == 2:
+            const, other = split_constant(scope, node)
+            if const is not None and other is not None:
+                name = other
+                continue
+        return node
+    return None
+
+
+def _is_dirty(dirty: set[int]) -> Callable[[onnx.NodeProto], bool]:
+    return lambda node: id(node) in dirty

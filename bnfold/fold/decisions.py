@@ -1,0 +1,34 @@
+"""One way to write down what happened to a BatchNormalization or scale Mul/Add."""
+
+from __future__ import annotations
+
+import onnx
+
+from bnfold.graph import Scope
+from bnfold.report import BNDecision
+from bnfold.rules._base import Chain, Reason
+
+
+def decide(
+    scope: Scope,
+    node: onnx.NodeProto,
+    reason: Reason,
+    message: str,
+    *,
+    layer: onnx.NodeProto | None,
+    chain: Chain | None,
+) -> BNDecision:
+    """The decision about ``node``; ``layer`` is the layer before it (when one was found) and
+    ``chain`` the walk to it (for the nodes looked through)."""
+    return BNDecision(
+        node=node.name,
+        output=node.output[0] if node.output else "",
+        graph=scope.path,
+        status="folded" if reason is Reason.FOLDED else "skipped",
+        reason=reason.value,
+        message=message,
+        producer=layer.op_type if layer is not None else None,
+        producer_node=(layer.name or layer.output[0]) if layer is not None else None,
+        through=tuple(n.op_type for n in reversed(chain.through)) if chain else (),
+        op=node.op_type,
+    )

@@ -1,0 +1,70 @@
+"""``FoldEngine``: fold every foldable BatchNormalization of one model, in place, and report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy.typing as npt
+import onnx
+
+from bnfold.fold.backward import BackwardFold
+from bnfold.fold.cleanup import Cleanup
+from bnfold.fold.driver import fixed_point
+from bnfold.fold.forward import ForwardFold
+from bnfold.fold.state import FoldState
+from bnfold.graph import ModelIndex, close_maps
+from bnfold.report import FoldReport
+from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
+
+#: Iterations of the fold pass at most (a chain of n BNs needs n).
+MAX_PASSES = 64
+
+
+def count_nodes(model: onnx.ModelProto) -> int:
+    """Nodes in the main graph, every subgraph and every local function."""
+    return sum(len(scope.nodes) for scope in ModelIndex(model).scopes)
+
+
+class FoldEngine:
+    """Folds every foldable BatchNormalization of one model, in place.
+
+    With ``hold``, folded main-graph weights stay numpy arrays in ``held`` until the writer
+    puts them in the output file (``bnfold.writer``), instead of being copied into the model.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        rules: Sequence[FoldRule] = DEFAULT_RULES,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        forward_rules: Sequence[ForwardRule] = FORWARD_RULES,
+        hold: bool = False,
+    ) -> None:
+        self.model = model
+        self.state = FoldState(model, rules, forward_rules, base_dir=base_dir, hold=hold)
+
+    @property
+    def held(self) -> dict[str, npt.NDArray[Any]] | None:
+        return self.state.held
+
+    def run(self) -> FoldReport:
+        try:
+            nodes_before = count_nodes(self.model)
+            fold = BackwardFold(self.state, ForwardFold(self.state))
+            result = fixed_point([fold], MAX_PASSES)
+            if result.modified:
+                Cleanup(self.state)()
+            # graph order (a Mul folded in a later pass is listed where it stood)
+            positions = self.state.positions
+            last = (len(positions), 0)
+            ordered = sorted(result.decisions.items(), key=lambda kv: positions.get(kv[0], last))
+            return FoldReport(
+                decisions=tuple(decision for _, decision in ordered),
+                nodes_before=nodes_before,
+                nodes_after=count_nodes(self.model) if result.modified else nodes_before,
+            )
+        finally:
+            close_maps(self.state.maps)

@@ -1,0 +1,216 @@
+"""What the fold passes share: the model, its tensors' whereabouts, and the edits a fold makes.
+
+A pass finds patterns on a ``ModelIndex`` snapshot and changes the producer's tensors right away
+(``apply``/``rewrite``); nodes it deletes or inserts are collected in a ``Pending`` and applied
+at the end of the pass (``apply_structure``), so the snapshot's positions stay valid meanwhile.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+import onnx
+from onnx import helper
+
+from bnfold import numerics, wire
+from bnfold.fold.driver import NodeKey
+from bnfold.fold.shapes import Shapes
+from bnfold.graph import (
+    Constant,
+    ModelIndex,
+    NameAllocator,
+    NotConstant,
+    Scope,
+    Shape,
+    del_attr,
+    release_pages,
+    set_attr,
+)
+from bnfold.rules import FoldRule, ForwardRule
+from bnfold.rules._base import Chain, FoldPlan, TensorUpdate, rules_by_op
+
+#: Suffix of the names a fold gives the tensors it creates (made unique model-wide).
+SUFFIX = "_bnfolded"
+
+
+@dataclass
+class Pending:
+    """Structural edits collected during a pass and applied at its end."""
+
+    deletes: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
+    inserts: dict[str, list[tuple[onnx.NodeProto, onnx.NodeProto]]] = field(default_factory=dict)
+
+
+@dataclass
+class Released:
+    """Names a fold stopped using: removed at the end if nothing else reads them."""
+
+    constants: dict[tuple[str, str], None] = field(default_factory=dict)
+    values: dict[tuple[str, str], None] = field(default_factory=dict)
+
+
+def _safe_name(base: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./:-]", "_", base) or "t"
+
+
+def node_key(scope: Scope, node: onnx.NodeProto) -> NodeKey:
+    return (scope.path, node.output[0] if node.output else node.name)
+
+
+class FoldState:
+    """One model being folded: the rules, shapes, weight files, held arrays and new names."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        rules: Sequence[FoldRule],
+        forward_rules: Sequence[ForwardRule],
+        *,
+        base_dir: str | os.PathLike[str] | None,
+        hold: bool,
+    ) -> None:
+        self.model = model
+        self.base_dir = base_dir
+        # With ``hold``, folded main-graph weights stay numpy arrays until bnfold writes the file
+        # (bnfold.writer), instead of being copied into the model first.
+        self.held: dict[str, npt.NDArray[Any]] | None = {} if hold else None
+        self.maps: dict[Path, mmap.mmap] = {}  # weight files mapped while folding
+        self.rules: dict[str, FoldRule] = rules_by_op(rules)
+        self.forward_rules: dict[str, ForwardRule] = rules_by_op(forward_rules)
+        self.shapes = Shapes(model)
+        self.released = Released()
+        first = self.index()
+        self.names = NameAllocator(first.all_names())
+        #: where each node stood in the model as it came in, to report in graph order
+        self.positions: dict[NodeKey, tuple[int, int]] = {
+            node_key(scope, node): (k, i)
+            for k, scope in enumerate(first.scopes)
+            for i, node in enumerate(scope.nodes)
+        }
+
+    def index(self) -> ModelIndex:
+        """A fresh use-def snapshot of the model as it is now."""
+        return ModelIndex(self.model, self.base_dir, self.held, self.maps)
+
+    # RuleContext
+    def rank(self, scope: Scope, name: str) -> int | None:
+        return self.shapes.rank(scope, name)
+
+    def shape(self, scope: Scope, name: str) -> Shape | None:
+        return self.shapes.shape(scope, name)
+
+    # -- applying a plan -------------------------------------------------------------------------
+
+    def apply(
+        self,
+        scope: Scope,
+        bn: onnx.NodeProto,
+        chain: Chain,
+        plan: FoldPlan,
+        pending: Pending,
+        params: Sequence[Constant] | None = None,
+    ) -> None:
+        """Rewrite the producer with the plan and drop ``bn`` (a BN, or a scale Mul/Add whose
+        constant is ``params``) and the nodes between them."""
+        producer = chain.producer
+        self.rewrite(scope, producer, plan, pending)
+        for const in chain.adds:
+            self.released.constants[(const.scope.path, const.name)] = None
+        if params is None:
+            params = []
+            for name in bn.input[1:5]:
+                try:
+                    params.append(scope.constant(name))
+                except NotConstant:
+                    continue
+        for const in params:
+            self.released.constants[(const.scope.path, const.name)] = None
+        for node in chain.through:
+            self.released.values[(scope.path, node.input[0])] = None
+        self.released.values[(scope.path, producer.output[0])] = None
+        producer.output[0] = bn.output[0]
+        pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
+
+    def rewrite(
+        self, scope: Scope, layer: onnx.NodeProto, plan: FoldPlan, pending: Pending
+    ) -> None:
+        """Give ``layer`` the plan's new weights, op type and attributes."""
+        for update in plan.updates:
+            self.write_input(scope, layer, update, pending)
+        release_pages(self.maps)  # the weights it read are folded: let the OS have them back
+        if plan.op_type:
+            layer.op_type = plan.op_type
+        for attr in plan.del_attrs:
+            del_attr(layer, attr)
+        for attr, value in plan.set_attrs.items():
+            set_attr(layer, attr, value)
+
+    def write_input(
+        self, scope: Scope, node: onnx.NodeProto, update: TensorUpdate, pending: Pending
+    ) -> None:
+        """Put new values into input ``update.input_index``: in place when only ``node`` reads the
+        old constant, otherwise under a new unique name (shared weights are never edited)."""
+        idx = update.input_index
+        old = node.input[idx] if idx < len(node.input) else ""
+        if old:
+            const = scope.constant(old)
+            if scope.is_exclusive(const, node):
+                if const.tensor is not None and const.node is None and self.holds(scope):
+                    self.hold(const.tensor, update)
+                elif const.tensor is not None and const.node is None:
+                    numerics.store(const.tensor, update.values, update.elem_type)
+                else:
+                    assert const.node is not None
+                    tensor = numerics.make_tensor(old, update.values, update.elem_type)
+                    del const.node.attribute[:]
+                    const.node.attribute.append(helper.make_attribute("value", tensor))
+                return
+            self.released.constants[(const.scope.path, old)] = None
+        name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
+        if self.holds(scope):
+            tensor = onnx.TensorProto(name=name)
+            self.hold(tensor, update)
+        else:
+            tensor = numerics.make_tensor(name, update.values, update.elem_type)
+        if scope.graph is not None:
+            scope.graph.initializer.append(tensor)
+        else:
+            const_node = helper.make_node("Constant", [], [name], name=name, value=tensor)
+            pending.inserts.setdefault(scope.path, []).append((node, const_node))
+        while len(node.input) <= idx:
+            node.input.append("")
+        node.input[idx] = name
+
+    def holds(self, scope: Scope) -> bool:
+        # main-graph initializers only: the writer lays those out one by one
+        return self.held is not None and scope.path == "main"
+
+    def hold(self, tensor: onnx.TensorProto, update: TensorUpdate) -> None:
+        assert self.held is not None
+        key = str(len(self.held))
+        self.held[key] = numerics.storable(update.values, update.elem_type)
+        wire.hold(tensor, key, tuple(update.values.shape), update.elem_type)
+
+    def apply_structure(self, index: ModelIndex, pending: Pending) -> None:
+        for scope in index.scopes:
+            deletes = pending.deletes.get(scope.path, [])
+            inserts = pending.inserts.get(scope.path, [])
+            if not deletes and not inserts:
+                continue
+            position = {id(n): i for i, n in enumerate(scope.nodes)}
+            edits: list[tuple[int, int, onnx.NodeProto | None]] = []
+            edits.extend((position[id(n)], 0, None) for n in deletes)
+            edits.extend((position[id(before)], 1, new) for before, new in inserts)
+            # From the back, so earlier positions stay valid; a delete at i before an insert at i.
+            for pos, _, new in sorted(edits, key=lambda e: (-e[0], e[1])):
+                if new is None:
+                    del scope.container[pos]
+                else:
+                    scope.container.insert(pos, new)
