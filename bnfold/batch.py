@@ -239,7 +239,7 @@ def _ensure_folder(task: Task) -> None:
     if task.output is None or task.output.parent.exists():
         return
     try:
-        task.output.parent.mkdir(parents=True)
+        task.output.parent.mkdir(parents=True, exist_ok=True)  # parallel jobs race here
     except OSError as exc:
         raise OutputError(
             f"{task.output}: cannot create the output folder ({exc.strerror or exc})",

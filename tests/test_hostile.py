@@ -473,3 +473,16 @@ def test_inspect_does_not_store_folded_weights_into_the_model(
     code, out, err = invoke("inspect", str(path), "--json")
     assert code == 0, err
     assert json.loads(out)["models"][0]["report"]["bn_folded"] == 1
+
+
+def test_parallel_jobs_creating_one_output_folder_do_not_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs of a batch make the same mirrored folder at the same moment."""
+    from bnfold.batch import Task, _ensure_folder
+
+    target = tmp_path / "out" / "sub" / "m.onnx"
+    target.parent.mkdir(parents=True)  # the other job was first
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # ... after this job looked
+    _ensure_folder(Task(tmp_path / "m.onnx", target))
+    assert target.parent.is_dir()
