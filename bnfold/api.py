@@ -8,9 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import onnx
-
-from bnfold import verification
+from bnfold import proto, verification
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.fold import FoldEngine
 from bnfold.modelio import external_locations, read_model, stage_model
@@ -20,7 +18,7 @@ from bnfold.verification import VerifyReport
 
 
 def fold_model(
-    model: onnx.ModelProto,
+    model: proto.ModelProto,
     *,
     inplace: bool = False,
     rules: Sequence[FoldRule] = DEFAULT_RULES,
@@ -33,7 +31,7 @@ def fold_model(
     given model is left untouched and a folded copy is returned.
     """
     if not inplace:
-        copy = onnx.ModelProto()
+        copy = proto.ModelProto()
         copy.CopyFrom(model)
         model = copy
     report = FoldEngine(model, rules, base_dir=base_dir).run()

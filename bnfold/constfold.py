@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import helper, numpy_helper
+
+from bnfold import proto
 
 Array = npt.NDArray[Any]
 
@@ -28,33 +28,33 @@ class CannotEvaluate(Exception):
     """The node is not evaluated at fold time; the message says why."""
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+def _attr(node: proto.NodeProto, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
             if a.ref_attr_name:
                 raise CannotEvaluate(f"its '{name}' comes from the calling function's attributes")
-            return helper.get_attribute_value(a)
+            return proto.get_attribute_value(a)
     return default
 
 
-def _axes(node: onnx.NodeProto, inputs: Sequence[Array | None], opset: int) -> list[int] | None:
+def _axes(node: proto.NodeProto, inputs: Sequence[Array | None], opset: int) -> list[int] | None:
     if opset >= 13:
         return None if len(inputs) < 2 or inputs[1] is None else [int(a) for a in inputs[1]]
     axes = _attr(node, "axes")
     return None if axes is None else [int(a) for a in axes]
 
 
-def _constant_of_shape(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _constant_of_shape(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     shape = tuple(int(d) for d in _need(x, 0))
     if any(d < 0 for d in shape):
         raise CannotEvaluate(f"negative shape {list(shape)}")
     _check_size(int(np.prod(shape, dtype=np.int64)))
     value = _attr(node, "value")
-    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, "f4")
+    fill = proto.to_array(value).reshape(-1) if value is not None else np.zeros(1, "f4")
     return np.full(shape, fill[0], dtype=fill.dtype)
 
 
-def _unsqueeze(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _unsqueeze(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     data = _need(x, 0)
     axes = _axes(node, x, opset)
     if axes is None:
@@ -66,7 +66,7 @@ def _unsqueeze(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array
     return out
 
 
-def _squeeze(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _squeeze(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     data = _need(x, 0)
     axes = _axes(node, x, opset)
     if axes is None:
@@ -74,7 +74,7 @@ def _squeeze(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
     return np.squeeze(data, axis=tuple(a + data.ndim if a < 0 else a for a in axes))
 
 
-def _reshape(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _reshape(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     data = _need(x, 0)
     shape = [int(d) for d in (_need(x, 1) if opset >= 5 else _attr(node, "shape", []))]
     if not int(_attr(node, "allowzero", 0)):
@@ -82,10 +82,10 @@ def _reshape(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
     return data.reshape(shape)
 
 
-def _cast(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _cast(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     to = int(_attr(node, "to"))
     try:
-        dtype = helper.tensor_dtype_to_np_dtype(to)
+        dtype = proto.tensor_dtype_to_np_dtype(to)
     except (KeyError, ValueError):
         raise CannotEvaluate(f"Cast to element type {to}") from None
     data = _need(x, 0)
@@ -94,7 +94,7 @@ def _cast(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
     return data.astype(dtype)
 
 
-def _flatten(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _flatten(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     data = _need(x, 0)
     axis = int(_attr(node, "axis", 1))
     axis = axis + data.ndim if axis < 0 else axis
@@ -102,12 +102,12 @@ def _flatten(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
     return data.reshape(rows, -1) if data.size else data.reshape(rows, 0)
 
 
-def _transpose(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _transpose(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     perm = _attr(node, "perm")
     return np.transpose(_need(x, 0), axes=None if perm is None else [int(p) for p in perm])
 
 
-def _concat(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+def _concat(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     parts = [a for a in x if a is not None]
     return np.concatenate(parts, axis=int(_attr(node, "axis", 0)))
 
@@ -120,7 +120,7 @@ def _same_type(x: list[Array | None], count: int) -> list[Array]:
 
 
 def _binary(fn: Callable[[Array, Array], Array], floats_only: bool = False) -> Evaluator:
-    def evaluate(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    def evaluate(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
         a, b = _same_type(x, 2)
         if floats_only and a.dtype.kind != "f":
             raise CannotEvaluate(f"{node.op_type} of {a.dtype} (only float arithmetic is exact)")
@@ -133,7 +133,7 @@ def _binary(fn: Callable[[Array, Array], Array], floats_only: bool = False) -> E
 
 
 def _unary(fn: Callable[[Array], Array], floats_only: bool = True) -> Evaluator:
-    def evaluate(node: onnx.NodeProto, x: list[Array | None], opset: int) -> Array:
+    def evaluate(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
         a = _need(x, 0)
         if floats_only and a.dtype.kind != "f":
             raise CannotEvaluate(f"{node.op_type} of {a.dtype}")
@@ -143,7 +143,7 @@ def _unary(fn: Callable[[Array], Array], floats_only: bool = True) -> Evaluator:
     return evaluate
 
 
-Evaluator = Callable[[onnx.NodeProto, list[Array | None], int], Array]
+Evaluator = Callable[[proto.NodeProto, list[Array | None], int], Array]
 
 EVALUATORS: dict[str, Evaluator] = {
     "Identity": lambda node, x, opset: _need(x, 0),
@@ -178,7 +178,7 @@ def _check_size(elements: int) -> None:
         raise CannotEvaluate(f"its result would have {elements} elements, too many to evaluate")
 
 
-def evaluate(node: onnx.NodeProto, inputs: list[Array | None], opset: int) -> Array:
+def evaluate(node: proto.NodeProto, inputs: list[Array | None], opset: int) -> Array:
     """The value of ``node``'s first output given its constant inputs, or CannotEvaluate."""
     evaluator = EVALUATORS.get(node.op_type)
     if evaluator is None or node.domain not in ("", "ai.onnx"):

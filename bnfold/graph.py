@@ -17,23 +17,23 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
-from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
+from bnfold import proto
 from bnfold.constfold import EVALUATORS, CannotEvaluate, evaluate
 from bnfold.errors import InputError
+from bnfold.proto import AttributeProto, TensorProto
 from bnfold.wire import held_key
 from bnfold.writer import external_ref, read_external
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def is_op(node: onnx.NodeProto, op_type: str) -> bool:
+def is_op(node: proto.NodeProto, op_type: str) -> bool:
     """True for a node of the default ONNX domain with this op_type."""
     return node.op_type == op_type and node.domain in DEFAULT_DOMAINS
 
 
-def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+def subgraphs(node: proto.NodeProto) -> Iterator[tuple[str, proto.GraphProto]]:
     """(label, body) for every graph attribute of a node (If branches, Loop/Scan bodies, ...)."""
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:
@@ -43,15 +43,15 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
                 yield f"{attr.name}[{k}]", g
 
 
-def get_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+def get_attr(node: proto.NodeProto, name: str, default: Any = None) -> Any:
     """A node attribute's value, or ``default`` when absent."""
     for attr in node.attribute:
         if attr.name == name:
-            return helper.get_attribute_value(attr)
+            return proto.get_attribute_value(attr)
     return default
 
 
-def attr_is_reference(node: onnx.NodeProto, names: tuple[str, ...] | None = None) -> str | None:
+def attr_is_reference(node: proto.NodeProto, names: tuple[str, ...] | None = None) -> str | None:
     """The first attribute (of ``names``, or any) bound to a function attribute, else None."""
     for attr in node.attribute:
         if attr.ref_attr_name and (names is None or attr.name in names):
@@ -59,12 +59,12 @@ def attr_is_reference(node: onnx.NodeProto, names: tuple[str, ...] | None = None
     return None
 
 
-def set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
+def set_attr(node: proto.NodeProto, name: str, value: Any) -> None:
     del_attr(node, name)
-    node.attribute.append(helper.make_attribute(name, value))
+    node.attribute.append(proto.make_attribute(name, value))
 
 
-def del_attr(node: onnx.NodeProto, name: str) -> None:
+def del_attr(node: proto.NodeProto, name: str) -> None:
     for i in reversed(range(len(node.attribute))):
         if node.attribute[i].name == name:
             del node.attribute[i]
@@ -77,7 +77,7 @@ class Constant:
     name: str
     scope: Scope
     tensor: TensorProto | None = None  # initializer, or the Constant node's `value`
-    node: onnx.NodeProto | None = None  # the Constant node, or the node that computes it
+    node: proto.NodeProto | None = None  # the Constant node, or the node that computes it
     computed: bool = False  # evaluated from a constant subgraph (see bnfold.constfold)
     _array: npt.NDArray[Any] | None = field(default=None, repr=False)
 
@@ -85,7 +85,7 @@ class Constant:
     def elem_type(self) -> int:
         if self.tensor is not None:
             return int(self.tensor.data_type)
-        return int(helper.np_dtype_to_tensor_dtype(self.array().dtype))
+        return int(proto.np_dtype_to_tensor_dtype(self.array().dtype))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -104,7 +104,7 @@ class Constant:
                 elif self.tensor.data_location == TensorProto.EXTERNAL:
                     self._array = self._read_external(self.tensor)
                 else:
-                    self._array = numpy_helper.to_array(self.tensor)
+                    self._array = proto.to_array(self.tensor)
             else:
                 assert self.node is not None
                 self._array = _constant_node_value(self.node)
@@ -142,7 +142,7 @@ class Constant:
         loaded.data_type = tensor.data_type
         loaded.dims.extend(dims)
         loaded.raw_data = raw
-        return numpy_helper.to_array(loaded)
+        return proto.to_array(loaded)
 
 
 #: Element types whose raw bytes numpy reads as they are (little-endian, as ONNX stores them).
@@ -187,7 +187,7 @@ def close_maps(maps: dict[Path, mmap.mmap]) -> None:
     maps.clear()
 
 
-def _constant_node_value(node: onnx.NodeProto) -> npt.NDArray[Any]:
+def _constant_node_value(node: proto.NodeProto) -> npt.NDArray[Any]:
     attr = node.attribute[0]
     if attr.name == "value_float":
         return np.array(attr.f, dtype=np.float32)
@@ -200,7 +200,7 @@ def _constant_node_value(node: onnx.NodeProto) -> npt.NDArray[Any]:
     raise ValueError(f"Constant attribute {attr.name} holds no numeric tensor")
 
 
-def _constant_node_tensor(node: onnx.NodeProto) -> TensorProto | None:
+def _constant_node_tensor(node: proto.NodeProto) -> TensorProto | None:
     """The `value` tensor of a Constant node, when that is how it holds its value."""
     if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
         return None
@@ -211,7 +211,7 @@ def _constant_node_tensor(node: onnx.NodeProto) -> TensorProto | None:
     return None
 
 
-def _constant_node_is_numeric(node: onnx.NodeProto) -> bool:
+def _constant_node_is_numeric(node: proto.NodeProto) -> bool:
     if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
         return False
     return node.attribute[0].name in (
@@ -243,8 +243,8 @@ class Scope:
         path: str,
         nodes: Any,
         *,
-        graph: onnx.GraphProto | None,
-        function: onnx.FunctionProto | None,
+        graph: proto.GraphProto | None,
+        function: proto.FunctionProto | None,
         parent: Scope | None,
         opset: int,
         ir_version: int,
@@ -256,7 +256,7 @@ class Scope:
         self.maps = maps  # files mapped for reading weights, shared by one fold
         self.base_dir = base_dir  # where tensors left in external data files are read from
         self.held = held  # folded values not yet put into the model (see bnfold.wire.HELD_KEY)
-        self.nodes: list[onnx.NodeProto] = list(nodes)
+        self.nodes: list[proto.NodeProto] = list(nodes)
         self.container = nodes
         self.graph = graph
         self.function = function
@@ -286,7 +286,7 @@ class Scope:
     def defines(self, name: str) -> bool:
         return name in self.producer or name in self.input_set or name in self.initializers
 
-    def producer_of(self, name: str) -> onnx.NodeProto | None:
+    def producer_of(self, name: str) -> proto.NodeProto | None:
         idx = self.producer.get(name)
         return None if idx is None else self.nodes[idx]
 
@@ -294,10 +294,10 @@ class Scope:
         """Readers of ``name`` here: node inputs, nested bodies, and graph outputs."""
         return len(self.consumers.get(name, ())) + (name in self.output_set)
 
-    def consumer_nodes(self, name: str) -> list[onnx.NodeProto]:
+    def consumer_nodes(self, name: str) -> list[proto.NodeProto]:
         return [self.nodes[i] for i in self.consumers.get(name, ())]
 
-    def index_of(self, node: onnx.NodeProto) -> int:
+    def index_of(self, node: proto.NodeProto) -> int:
         """The node's position (by its output, which is unique in SSA form)."""
         if node.output and node.output[0] in self.producer:
             return self.producer[node.output[0]]
@@ -337,7 +337,7 @@ class Scope:
             scope = scope.parent
         raise NotConstant("nothing in the model produces it")
 
-    def _evaluated(self, name: str, node: onnx.NodeProto) -> Constant:
+    def _evaluated(self, name: str, node: proto.NodeProto) -> Constant:
         """``name`` computed by ``node`` from constants only, evaluated once; else NotConstant."""
         cached = self._computed.get(name)
         if isinstance(cached, Constant):
@@ -375,7 +375,7 @@ class Scope:
         self._computed[name] = const
         return const
 
-    def is_exclusive(self, const: Constant, node: onnx.NodeProto) -> bool:
+    def is_exclusive(self, const: Constant, node: proto.NodeProto) -> bool:
         """True when ``node`` alone reads ``const`` anywhere, so it may change in place."""
         if const.scope is not self or const.computed:
             return False
@@ -390,7 +390,7 @@ class ModelIndex:
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: proto.ModelProto,
         base_dir: str | os.PathLike[str] | None = None,
         held: dict[str, npt.NDArray[Any]] | None = None,
         maps: dict[Path, mmap.mmap] | None = None,
@@ -426,7 +426,7 @@ class ModelIndex:
             self._index(scope)
 
     def _build_graph(
-        self, path: str, graph: onnx.GraphProto, parent: Scope | None, opset: int
+        self, path: str, graph: proto.GraphProto, parent: Scope | None, opset: int
     ) -> Scope:
         scope = Scope(
             path,
@@ -495,7 +495,7 @@ class NameAllocator:
         return name
 
 
-def model_opset(model: onnx.ModelProto) -> int:
+def model_opset(model: proto.ModelProto) -> int:
     """The default-domain opset version of the model (ONNX's default when it is missing)."""
     for opset in model.opset_import:
         if opset.domain in DEFAULT_DOMAINS:
@@ -530,7 +530,7 @@ def value_shape(scope: Scope, name: str) -> Shape | None:
     return None
 
 
-def type_shape(t: onnx.TypeProto) -> Shape | None:
+def type_shape(t: proto.TypeProto) -> Shape | None:
     """The (possibly partial) shape of a tensor type, or None when even the rank is unknown."""
     tt = t.tensor_type
     if not tt.HasField("shape"):

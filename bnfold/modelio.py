@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto
 
+from bnfold import proto
 from bnfold.errors import InputError, OutputError
 from bnfold.graph import DEFAULT_DOMAINS, subgraphs
+from bnfold.proto import TensorProto
 from bnfold.wire import is_held, is_self_reference, open_model
 from bnfold.writer import (
     element_count,
@@ -36,14 +36,14 @@ from bnfold.writer import (
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def uses_external_data(model: onnx.ModelProto) -> bool:
+def uses_external_data(model: proto.ModelProto) -> bool:
     """True when any tensor (initializers and attribute values, in every graph and function)
     stores its data in an external file (not counting weights bnfold left inline in the model
     file it opened)."""
     return any(_is_external(t) for t in all_tensors(model))
 
 
-def external_locations(model: onnx.ModelProto) -> list[str]:
+def external_locations(model: proto.ModelProto) -> list[str]:
     """The external data files the model's tensors name, each once, in order."""
     found: dict[str, None] = {}
     for t in all_tensors(model):
@@ -58,7 +58,7 @@ def _is_external(tensor: TensorProto) -> bool:
     return tensor.data_location == TensorProto.EXTERNAL and not is_self_reference(tensor)
 
 
-def all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+def all_tensors(model: proto.ModelProto) -> Iterator[TensorProto]:
     """Every tensor of the model: initializers and node attributes, in the main graph, its
     subgraphs and the model-local functions."""
     yield from graph_tensors(model.graph)
@@ -67,14 +67,16 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
             yield from node_tensors(node)
 
 
-def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
+def load_model(
+    path: str | os.PathLike[str], *, load_external_data: bool = True
+) -> proto.ModelProto:
     """Parse a model file (and its external data) or raise InputError saying what is wrong."""
     return read_model(path, load_external_data=load_external_data)[0]
 
 
 def read_model(
     path: str | os.PathLike[str], *, load_external_data: bool = True, lazy: bool = False
-) -> tuple[onnx.ModelProto, bool]:
+) -> tuple[proto.ModelProto, bool]:
     """Like ``load_model``, also saying whether the file kept tensors in external data.
 
     With ``load_external_data=False`` the external files are checked but not read: the tensors
@@ -96,7 +98,7 @@ def read_model(
     if st.st_size == 0:
         raise InputError(f"{p}: the file is empty", hint="re-export or re-download the model")
     try:
-        model = open_model(p) if lazy else onnx.load(str(p), load_external_data=False)
+        model = open_model(p) if lazy else proto.ModelProto.FromString(p.read_bytes())
     except OSError as exc:
         raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
@@ -108,6 +110,7 @@ def read_model(
     _check_tensors(model, p)
     external = uses_external_data(model)
     if load_external_data and external and not lazy:
+        onnx = proto.full_onnx()
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -120,7 +123,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_tensors(model: onnx.ModelProto, path: Path) -> None:
+def _check_tensors(model: proto.ModelProto, path: Path) -> None:
     """Refuse tensors whose data cannot be what their dims and type say, and external data
     outside the model's folder, before anything reads them."""
     for tensor in all_tensors(model):
@@ -186,7 +189,7 @@ def _check_tensor(tensor: TensorProto, base_dir: Path) -> None:
         )
 
 
-def check_structure(model: onnx.ModelProto, path: Path | str = "<model>") -> None:
+def check_structure(model: proto.ModelProto, path: Path | str = "<model>") -> None:
     """Refuse what cannot be a working model; accept what is merely not checker-clean."""
     if model.ir_version < 1 or not model.HasField("graph"):
         raise InputError(
@@ -200,7 +203,7 @@ def check_structure(model: onnx.ModelProto, path: Path | str = "<model>") -> Non
 
 
 def _check_graph(
-    graph: onnx.GraphProto,
+    graph: proto.GraphProto,
     outer: set[str],
     domains: set[str],
     functions: set[tuple[str, str]],
@@ -301,7 +304,7 @@ class StagedModel:
 
 @contextmanager
 def stage_model(
-    model: onnx.ModelProto,
+    model: proto.ModelProto,
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
@@ -356,7 +359,7 @@ def stage_model(
 
 
 def save_model_atomic(
-    model: onnx.ModelProto,
+    model: proto.ModelProto,
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from onnx import TensorProto, numpy_helper
 
+from bnfold import proto
+from bnfold.proto import TensorProto
 from bnfold.wire import reset_data
 
 F64 = npt.NDArray[np.float64]
@@ -182,7 +183,7 @@ def storable(values: npt.NDArray[Any], elem_type: int) -> npt.NDArray[Any]:
 
 def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorProto:
     """A TensorProto of ``elem_type`` holding ``values`` (already rounded to that type)."""
-    tensor = numpy_helper.from_array(np.ascontiguousarray(values), name)
+    tensor = proto.from_array(np.ascontiguousarray(values), name)
     if tensor.data_type != elem_type:
         raise ValueError(
             f"{name}: array is {dtype_name(tensor.data_type)}, expected {dtype_name(elem_type)}"

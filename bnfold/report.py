@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    import onnx
+    from bnfold import proto
 
 Status = Literal["folded", "skipped"]
 
@@ -113,7 +113,7 @@ class FoldReport:
 class FoldResult:
     """The folded model and the report that says what changed in it."""
 
-    model: onnx.ModelProto = field(repr=False)
+    model: proto.ModelProto = field(repr=False)
     report: FoldReport
 
     def to_dict(self) -> dict[str, Any]:

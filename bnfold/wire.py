@@ -17,8 +17,8 @@ import mmap
 import os
 from pathlib import Path
 
-import onnx
-from onnx import TensorProto
+from bnfold import proto
+from bnfold.proto import TensorProto
 
 #: external_data key marking a tensor whose bytes are inline in the model file it was read from.
 SELF_KEY = "bnfold.inline"
@@ -132,7 +132,7 @@ def _graph(buf: memoryview, start: int, end: int, location: str) -> bytes:
     return bytes(out)
 
 
-def open_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+def open_model(path: str | os.PathLike[str]) -> proto.ModelProto:
     """Parse the model at ``path`` leaving its large main-graph weights in the file.
 
     Raises WireError or protobuf's DecodeError when the file is not a protobuf message.
@@ -149,7 +149,7 @@ def open_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
                     out += buf[field_start:value_end]
         finally:
             buf.release()
-    model = onnx.ModelProto()
+    model = proto.ModelProto()
     model.ParseFromString(bytes(out))
     return model
 

@@ -24,13 +24,13 @@ from typing import Any, BinaryIO, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from onnx import AttributeProto, TensorProto
 
+from bnfold import proto
 from bnfold.errors import InputError
+from bnfold.proto import AttributeProto, TensorProto
 from bnfold.wire import encode_varint, held_key
 
 #: Tensors with at least this many bytes of raw data go to the external data file.
@@ -40,9 +40,9 @@ ALIGN_FROM = 1 << 20
 ALIGNMENT = 4096
 _CHUNK = 16 << 20
 
-_MODEL_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_GRAPH_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-_GRAPH_NODE = onnx.GraphProto.DESCRIPTOR.fields_by_name["node"].number
+_MODEL_GRAPH = proto.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_GRAPH_INITIALIZER = proto.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_GRAPH_NODE = proto.GraphProto.DESCRIPTOR.fields_by_name["node"].number
 _TENSOR_EXTERNAL = TensorProto.DESCRIPTOR.fields_by_name["external_data"].number
 _TENSOR_LOCATION = TensorProto.DESCRIPTOR.fields_by_name["data_location"].number
 _TENSOR_RAW = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
@@ -294,7 +294,7 @@ def _header(tensor: TensorProto) -> TensorProto:
     return before
 
 
-def node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
+def node_tensors(node: proto.NodeProto) -> Iterator[TensorProto]:
     """Every tensor a node holds: attribute values and the initializers of its subgraphs."""
     for attr in node.attribute:
         if attr.type == AttributeProto.TENSOR:
@@ -308,7 +308,7 @@ def node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
                 yield from graph_tensors(g)
 
 
-def graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+def graph_tensors(graph: proto.GraphProto) -> Iterator[TensorProto]:
     yield from graph.initializer
     for node in graph.node:
         yield from node_tensors(node)
@@ -460,7 +460,7 @@ class _Plan:
 
 
 def _plan_graph(
-    graph: onnx.GraphProto, data: _DataLayout | None, source: Path | None, held: Held | None
+    graph: proto.GraphProto, data: _DataLayout | None, source: Path | None, held: Held | None
 ) -> _Plan:
     plan = _Plan(source, held)
     for fd, value in graph.ListFields():
@@ -480,11 +480,11 @@ def _plan_graph(
     return plan
 
 
-def _plan_node(node: onnx.NodeProto, data: _DataLayout) -> onnx.NodeProto:
+def _plan_node(node: proto.NodeProto, data: _DataLayout) -> proto.NodeProto:
     """The node itself, or a copy whose large tensors point into the data file."""
     if not any(_goes_external(t) for t in node_tensors(node)):
         return node
-    copy = onnx.NodeProto()
+    copy = proto.NodeProto()
     copy.CopyFrom(node)
     for original, mirror in zip(node_tensors(node), node_tensors(copy), strict=True):
         if _goes_external(original):
@@ -494,7 +494,7 @@ def _plan_node(node: onnx.NodeProto, data: _DataLayout) -> onnx.NodeProto:
 
 
 def _plan_model(
-    model: onnx.ModelProto, data: _DataLayout | None, source: Path | None, held: Held | None
+    model: proto.ModelProto, data: _DataLayout | None, source: Path | None, held: Held | None
 ) -> _Plan:
     plan = _Plan(source, held)
     for fd, value in model.ListFields():
@@ -528,7 +528,7 @@ def _unknown_bytes(msg: Message) -> bytes:
 
 
 def write_model(
-    model: onnx.ModelProto,
+    model: proto.ModelProto,
     path: str | os.PathLike[str],
     *,
     external: bool | None = False,

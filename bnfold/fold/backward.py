@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import onnx
-
+from bnfold import proto
 from bnfold.fold.decisions import decide
 from bnfold.fold.driver import NodeKey, PassResult
 from bnfold.fold.forward import ForwardFold
@@ -73,7 +72,7 @@ class BackwardFold:
         return PassResult(any(d.folded for d in decisions.values()), decisions)
 
     def _consider(
-        self, scope: Scope, bn_node: onnx.NodeProto, dirty: set[int], pending: Pending
+        self, scope: Scope, bn_node: proto.NodeProto, dirty: set[int], pending: Pending
     ) -> BNDecision:
         state = self.state
         chain: Chain | None = None
@@ -109,7 +108,7 @@ class BackwardFold:
         )
 
     def _consider_scale(
-        self, scope: Scope, node: onnx.NodeProto, dirty: set[int], pending: Pending
+        self, scope: Scope, node: proto.NodeProto, dirty: set[int], pending: Pending
     ) -> BNDecision | None:
         """A Mul or Add by a per-channel constant right after a layer folds like a BN does.
 
@@ -148,12 +147,12 @@ class BackwardFold:
         return decide(scope, node, Reason.FOLDED, message, layer=producer, chain=chain)
 
 
-def _feeds_batchnorm(scope: Scope, node: onnx.NodeProto) -> bool:
+def _feeds_batchnorm(scope: Scope, node: proto.NodeProto) -> bool:
     readers = scope.consumer_nodes(node.output[0])
     return len(readers) == 1 and is_op(readers[0], "BatchNormalization")
 
 
-def _layer_before(scope: Scope, name: str) -> onnx.NodeProto | None:
+def _layer_before(scope: Scope, name: str) -> proto.NodeProto | None:
     """The first node before ``name`` that is not an Identity or a constant Add (no use checks)."""
     for _ in range(64):
         node = scope.producer_of(name)
@@ -171,5 +170,5 @@ def _layer_before(scope: Scope, name: str) -> onnx.NodeProto | None:
     return None
 
 
-def _is_dirty(dirty: set[int]) -> Callable[[onnx.NodeProto], bool]:
+def _is_dirty(dirty: set[int]) -> Callable[[proto.NodeProto], bool]:
     return lambda node: id(node) in dirty

@@ -3,8 +3,7 @@ folds, and only they, made unused. Names the input model already had unused stay
 
 from __future__ import annotations
 
-import onnx
-
+from bnfold import proto
 from bnfold.constfold import EVALUATORS
 from bnfold.fold.driver import PassResult
 from bnfold.fold.state import FoldState
@@ -75,7 +74,7 @@ class Cleanup:
         return PassResult(bool(node_deletes or init_deletes or stale))
 
 
-def _removable(scope: Scope, node: onnx.NodeProto, readers_left: dict[str, int]) -> bool:
+def _removable(scope: Scope, node: proto.NodeProto, readers_left: dict[str, int]) -> bool:
     """A node that only makes a constant, with no reader left for any output: safe to delete."""
     if not (is_op(node, "Constant") or (node.op_type in EVALUATORS and is_op(node, node.op_type))):
         return False

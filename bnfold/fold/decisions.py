@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import onnx
-
+from bnfold import proto
 from bnfold.graph import Scope
 from bnfold.report import BNDecision
 from bnfold.rules._base import Chain, Reason
@@ -11,11 +10,11 @@ from bnfold.rules._base import Chain, Reason
 
 def decide(
     scope: Scope,
-    node: onnx.NodeProto,
+    node: proto.NodeProto,
     reason: Reason,
     message: str,
     *,
-    layer: onnx.NodeProto | None,
+    layer: proto.NodeProto | None,
     chain: Chain | None,
 ) -> BNDecision:
     """The decision about ``node``; ``layer`` is the layer before it (when one was found) and

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy.typing as npt
-import onnx
 
+from bnfold import proto
 from bnfold.fold.backward import BackwardFold
 from bnfold.fold.cleanup import Cleanup
 from bnfold.fold.driver import fixed_point
@@ -22,7 +22,7 @@ from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
 MAX_PASSES = 64
 
 
-def count_nodes(model: onnx.ModelProto) -> int:
+def count_nodes(model: proto.ModelProto) -> int:
     """Nodes in the main graph, every subgraph and every local function."""
     return sum(len(scope.nodes) for scope in ModelIndex(model).scopes)
 
@@ -36,7 +36,7 @@ class FoldEngine:
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: proto.ModelProto,
         rules: Sequence[FoldRule] = DEFAULT_RULES,
         *,
         base_dir: str | os.PathLike[str] | None = None,

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import onnx
-
+from bnfold import proto
 from bnfold.fold.state import FoldState, Pending
 from bnfold.graph import Scope
 from bnfold.report import BNDecision
@@ -29,7 +28,7 @@ class ForwardFold:
     def settle(
         self,
         scope: Scope,
-        node: onnx.NodeProto,
+        node: proto.NodeProto,
         before: BNDecision,
         skip: Skip,
         dirty: set[int],
@@ -52,7 +51,7 @@ class ForwardFold:
         return replace(before, reason=skip.reason.value, message=message)
 
     def _fold_forward(
-        self, scope: Scope, bn_node: onnx.NodeProto, dirty: set[int], pending: Pending
+        self, scope: Scope, bn_node: proto.NodeProto, dirty: set[int], pending: Pending
     ) -> str | Skip | None:
         """Fold the BN into the Conv/Gemm after it: the message when folded, the Skip when that
         layer cannot take it, None when no such layer follows."""

@@ -6,16 +6,14 @@ Shape inference runs at most once per fold, on a copy of the model without its l
 
 from __future__ import annotations
 
-import onnx
-from onnx import helper
-
+from bnfold import proto
 from bnfold.graph import Scope, Shape, type_shape, value_shape
 
 
 class Shapes:
     """Tensor shapes: declared ones first, onnx shape inference (on a weightless copy) on demand."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: proto.ModelProto) -> None:
         self.model = model
         self._inferred: dict[str, Shape] | None = None
         self.failure: str | None = None
@@ -35,20 +33,20 @@ class Shapes:
     def _infer(self) -> dict[str, Shape]:
         light = weightless_copy(self.model)
         try:
-            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+            inferred = proto.full_onnx().shape_inference.infer_shapes(light, strict_mode=False)
         except Exception as exc:  # shape inference is best effort; the BN is skipped, with why
             self.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
             return {}
         ranks: dict[str, Shape] = {}
 
-        def collect(graph: onnx.GraphProto) -> None:
+        def collect(graph: proto.GraphProto) -> None:
             for vi in (*graph.value_info, *graph.output, *graph.input):
                 found = type_shape(vi.type) if vi.type.HasField("tensor_type") else None
                 if found is not None:
                     ranks.setdefault(vi.name, found)
             for node in graph.node:
                 for attr in node.attribute:
-                    if attr.type == onnx.AttributeProto.GRAPH:
+                    if attr.type == proto.AttributeProto.GRAPH:
                         collect(attr.g)
                     for g in attr.graphs:
                         collect(g)
@@ -57,9 +55,9 @@ class Shapes:
         return ranks
 
 
-def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def weightless_copy(model: proto.ModelProto) -> proto.ModelProto:
     """The model with large initializers turned into typed inputs: cheap to shape-infer."""
-    light = onnx.ModelProto()
+    light = proto.ModelProto()
     light.ir_version = max(model.ir_version, 4)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -71,12 +69,16 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     declared = {vi.name for vi in src.input}
     for t in src.initializer:
         if (
-            t.data_location == onnx.TensorProto.EXTERNAL
+            t.data_location == proto.TensorProto.EXTERNAL
             or len(t.raw_data) > 4096
             or len(t.float_data) > 1024
         ):
             if t.name not in declared:
-                dst.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                dst.input.append(
+                    proto.full_onnx().helper.make_tensor_value_info(
+                        t.name, t.data_type, list(t.dims)
+                    )
+                )
         else:
             dst.initializer.append(t)
     dst.node.extend(src.node)

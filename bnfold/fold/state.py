@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
-import onnx
-from onnx import helper
 
-from bnfold import numerics, wire
+from bnfold import numerics, proto, wire
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.shapes import Shapes
 from bnfold.graph import (
@@ -44,8 +42,8 @@ SUFFIX = "_bnfolded"
 class Pending:
     """Structural edits collected during a pass and applied at its end."""
 
-    deletes: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)
-    inserts: dict[str, list[tuple[onnx.NodeProto, onnx.NodeProto]]] = field(default_factory=dict)
+    deletes: dict[str, list[proto.NodeProto]] = field(default_factory=dict)
+    inserts: dict[str, list[tuple[proto.NodeProto, proto.NodeProto]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,7 +58,7 @@ def _safe_name(base: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./:-]", "_", base) or "t"
 
 
-def node_key(scope: Scope, node: onnx.NodeProto) -> NodeKey:
+def node_key(scope: Scope, node: proto.NodeProto) -> NodeKey:
     return (scope.path, node.output[0] if node.output else node.name)
 
 
@@ -69,7 +67,7 @@ class FoldState:
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: proto.ModelProto,
         rules: Sequence[FoldRule],
         forward_rules: Sequence[ForwardRule],
         *,
@@ -111,7 +109,7 @@ class FoldState:
     def apply(
         self,
         scope: Scope,
-        bn: onnx.NodeProto,
+        bn: proto.NodeProto,
         chain: Chain,
         plan: FoldPlan,
         pending: Pending,
@@ -139,7 +137,7 @@ class FoldState:
         pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
 
     def rewrite(
-        self, scope: Scope, layer: onnx.NodeProto, plan: FoldPlan, pending: Pending
+        self, scope: Scope, layer: proto.NodeProto, plan: FoldPlan, pending: Pending
     ) -> None:
         """Give ``layer`` the plan's new weights, op type and attributes."""
         for update in plan.updates:
@@ -153,7 +151,7 @@ class FoldState:
             set_attr(layer, attr, value)
 
     def write_input(
-        self, scope: Scope, node: onnx.NodeProto, update: TensorUpdate, pending: Pending
+        self, scope: Scope, node: proto.NodeProto, update: TensorUpdate, pending: Pending
     ) -> None:
         """Put new values into input ``update.input_index``: in place when only ``node`` reads the
         old constant, otherwise under a new unique name (shared weights are never edited)."""
@@ -170,19 +168,19 @@ class FoldState:
                     assert const.node is not None
                     tensor = numerics.make_tensor(old, update.values, update.elem_type)
                     del const.node.attribute[:]
-                    const.node.attribute.append(helper.make_attribute("value", tensor))
+                    const.node.attribute.append(proto.make_attribute("value", tensor))
                 return
             self.released.constants[(const.scope.path, old)] = None
         name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
         if self.holds(scope):
-            tensor = onnx.TensorProto(name=name)
+            tensor = proto.TensorProto(name=name)
             self.hold(tensor, update)
         else:
             tensor = numerics.make_tensor(name, update.values, update.elem_type)
         if scope.graph is not None:
             scope.graph.initializer.append(tensor)
         else:
-            const_node = helper.make_node("Constant", [], [name], name=name, value=tensor)
+            const_node = proto.make_node("Constant", [], [name], name=name, value=tensor)
             pending.inserts.setdefault(scope.path, []).append((node, const_node))
         while len(node.input) <= idx:
             node.input.append("")
@@ -192,7 +190,7 @@ class FoldState:
         # main-graph initializers only: the writer lays those out one by one
         return self.held is not None and scope.path == "main"
 
-    def hold(self, tensor: onnx.TensorProto, update: TensorUpdate) -> None:
+    def hold(self, tensor: proto.TensorProto, update: TensorUpdate) -> None:
         assert self.held is not None
         key = str(len(self.held))
         self.held[key] = numerics.storable(update.values, update.elem_type)
@@ -205,7 +203,7 @@ class FoldState:
             if not deletes and not inserts:
                 continue
             position = {id(n): i for i, n in enumerate(scope.nodes)}
-            edits: list[tuple[int, int, onnx.NodeProto | None]] = []
+            edits: list[tuple[int, int, proto.NodeProto | None]] = []
             edits.extend((position[id(n)], 0, None) for n in deletes)
             edits.extend((position[id(before)], 1, new) for before, new in inserts)
             # From the back, so earlier positions stay valid; a delete at i before an insert at i.

@@ -13,9 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 
-from bnfold import numerics
+from bnfold import numerics, proto
 from bnfold.graph import Constant, NotConstant, Scope, Shape, attr_is_reference, get_attr, is_op
 
 F64 = numerics.F64
@@ -57,7 +56,7 @@ class Defer(Exception):
     """The pattern touches a node already changed in this pass: look again in the next pass."""
 
 
-def describe(node: onnx.NodeProto) -> str:
+def describe(node: proto.NodeProto) -> str:
     return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} -> '{node.output[0]}'"
 
 
@@ -70,7 +69,7 @@ PARAM_NAMES = ("scale", "B", "input_mean", "input_var")
 class BatchNorm:
     """An inference-mode BatchNormalization with constant parameters, as float64."""
 
-    node: onnx.NodeProto
+    node: proto.NodeProto
     x: str
     y: str
     epsilon: float
@@ -85,11 +84,11 @@ class BatchNorm:
         return int(self.s.shape[0])
 
 
-def _nonempty_outputs(node: onnx.NodeProto) -> int:
+def _nonempty_outputs(node: proto.NodeProto) -> int:
     return sum(1 for o in node.output if o)
 
 
-def check_mode(scope: Scope, node: onnx.NodeProto) -> None:
+def check_mode(scope: Scope, node: proto.NodeProto) -> None:
     """Raise Skip unless the node normalizes with its running statistics (inference mode)."""
     opset = scope.opset
     ref = attr_is_reference(node, ("training_mode", "is_test", "spatial", "epsilon"))
@@ -121,7 +120,7 @@ def check_mode(scope: Scope, node: onnx.NodeProto) -> None:
         )
 
 
-def read_batchnorm(scope: Scope, node: onnx.NodeProto) -> BatchNorm:
+def read_batchnorm(scope: Scope, node: proto.NodeProto) -> BatchNorm:
     """The BatchNormalization's parameters as float64, or Skip with why they cannot be used."""
     check_mode(scope, node)
     if len(node.input) < 5 or not node.output or not node.output[0]:
@@ -204,12 +203,12 @@ THROUGH_OPS = ("Identity", "Add")
 class Chain:
     """The producer of a BatchNormalization's input and the nodes in between."""
 
-    producer: onnx.NodeProto
-    through: list[onnx.NodeProto] = field(default_factory=list)  # nearest the BN first
+    producer: proto.NodeProto
+    through: list[proto.NodeProto] = field(default_factory=list)  # nearest the BN first
     adds: list[Constant] = field(default_factory=list)  # the constants of the Add nodes
 
 
-def _check_single_use(scope: Scope, name: str, reader: onnx.NodeProto) -> None:
+def _check_single_use(scope: Scope, name: str, reader: proto.NodeProto) -> None:
     if name in scope.output_set:
         raise Skip(
             Reason.GRAPH_OUTPUT,
@@ -227,9 +226,9 @@ def _check_single_use(scope: Scope, name: str, reader: onnx.NodeProto) -> None:
 
 def walk_chain(
     scope: Scope,
-    bn: onnx.NodeProto,
+    bn: proto.NodeProto,
     producer_ops: tuple[str, ...],
-    is_dirty: Callable[[onnx.NodeProto], bool] = lambda node: False,
+    is_dirty: Callable[[proto.NodeProto], bool] = lambda node: False,
     start: str | None = None,
 ) -> Chain:
     """Follow BN's input (or ``start``, the data input of a Mul/Add) back through Identity and
@@ -237,7 +236,7 @@ def walk_chain(
 
     Raises Defer on meeting a node that an earlier fold of this pass changed.
     """
-    through: list[onnx.NodeProto] = []
+    through: list[proto.NodeProto] = []
     adds: list[Constant] = []
     name, reader = (start if start is not None else bn.input[0]), bn
     while True:
@@ -277,7 +276,7 @@ def walk_chain(
         )
 
 
-def split_constant(scope: Scope, node: onnx.NodeProto) -> tuple[Constant | None, str | None]:
+def split_constant(scope: Scope, node: proto.NodeProto) -> tuple[Constant | None, str | None]:
     """(constant operand, the other operand's name) of a binary node with exactly one constant
     side; (None, None) otherwise."""
     found: list[Constant | None] = []
@@ -326,7 +325,7 @@ def added_bias(chain: Chain, rank: int, channels: int) -> F64:
 
 
 def read_scale(
-    scope: Scope, node: onnx.NodeProto, const: Constant, x: str, channels: int, rank: int
+    scope: Scope, node: proto.NodeProto, const: Constant, x: str, channels: int, rank: int
 ) -> BatchNorm:
     """A Mul (scale) or Add (shift) by a per-channel constant, as the BN it is equivalent to."""
     values = per_channel(const.array(), rank, channels, f"its constant '{const.name}'")
@@ -348,7 +347,7 @@ def read_scale(
     )
 
 
-def check_channels(bn: BatchNorm, channels: int, producer: onnx.NodeProto) -> None:
+def check_channels(bn: BatchNorm, channels: int, producer: proto.NodeProto) -> None:
     if bn.channels != channels:
         raise Skip(
             Reason.SHAPE_MISMATCH,
@@ -386,17 +385,17 @@ def _finite(out: npt.NDArray[Any], elem_type: int, what: str) -> npt.NDArray[Any
 class Following:
     """The layer that reads a BatchNormalization's output, directly or through a Flatten."""
 
-    consumer: onnx.NodeProto
-    flatten: onnx.NodeProto | None = None
+    consumer: proto.NodeProto
+    flatten: proto.NodeProto | None = None
 
 
 def find_following(
-    scope: Scope, bn: onnx.NodeProto, consumer_ops: tuple[str, ...]
+    scope: Scope, bn: proto.NodeProto, consumer_ops: tuple[str, ...]
 ) -> Following | None:
     """The only reader of BN's output when it is one of ``consumer_ops`` reading it as its data
     input (or a Flatten whose only reader is), else None: then there is nothing to fold into."""
 
-    def only_reader(name: str) -> onnx.NodeProto | None:
+    def only_reader(name: str) -> proto.NodeProto | None:
         if name in scope.output_set or scope.uses(name) != 1:
             return None
         readers = scope.consumer_nodes(name)
@@ -471,13 +470,13 @@ class FoldRule(Protocol):
     def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan: ...
 
     def output_channels(
-        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+        self, ctx: RuleContext, scope: Scope, producer: proto.NodeProto
     ) -> tuple[int, int]:
         """(channels, rank) of the producer's output, or Skip: what a Mul/Add must fit."""
         ...
 
 
-def weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) -> Constant:
+def weight(scope: Scope, node: proto.NodeProto, index: int, label: str) -> Constant:
     """The producer's constant input ``index``, or Skip(non_constant_weight)."""
     name = node.input[index] if index < len(node.input) else ""
     try:
@@ -489,7 +488,7 @@ def weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) -> Consta
         ) from None
 
 
-def optional_weight(scope: Scope, node: onnx.NodeProto, index: int, label: str) -> Constant | None:
+def optional_weight(scope: Scope, node: proto.NodeProto, index: int, label: str) -> Constant | None:
     if index >= len(node.input) or not node.input[index]:
         return None
     return weight(scope, node, index, label)
@@ -517,23 +516,23 @@ class LayerBeforeRule:
     bias_label = "bias"
     bias_suffix = "_bias"
 
-    def check_layer(self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto) -> None:
+    def check_layer(self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto) -> None:
         """Skip for what makes the layer unfoldable whatever its weights (default: nothing)."""
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
     ) -> tuple[int, int]:
         """(output channels, output rank) of the layer, or Skip when its weight does not fit;
         ``after`` is the value the BN or scale layer reads (the layer's output, or what an Add
         after it makes)."""
         raise NotImplementedError
 
-    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
         """The weight with each output channel c scaled by s[c], rounded into its dtype."""
         raise NotImplementedError
 
     def layer_bias(
-        self, scope: Scope, layer: onnx.NodeProto, channels: int
+        self, scope: Scope, layer: proto.NodeProto, channels: int
     ) -> tuple[F64 | None, Constant | None]:
         """(what the layer adds per channel as float64, the constant it comes from); Skip when it
         does not fit. Default: an optional [C] bias at input 2."""
@@ -552,7 +551,7 @@ class LayerBeforeRule:
         return plan
 
     def output_channels(
-        self, ctx: RuleContext, scope: Scope, producer: onnx.NodeProto
+        self, ctx: RuleContext, scope: Scope, producer: proto.NodeProto
     ) -> tuple[int, int]:
         """(channels, rank) of the producer's output, or Skip: what a Mul/Add must fit."""
         self.check_layer(ctx, scope, producer)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy.typing as npt
-import onnx
 
+from bnfold import proto
 from bnfold.graph import Constant, Scope
 from bnfold.rules._base import (
     F64,
@@ -28,7 +28,7 @@ class ConvBN(LayerBeforeRule):
     op_types = ("Conv",)
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
     ) -> tuple[int, int]:
         if len(w.shape) < 3:
             raise Skip(
@@ -36,7 +36,7 @@ class ConvBN(LayerBeforeRule):
             )
         return w.shape[0], len(w.shape)
 
-    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
         scale = s.reshape((w.shape[0],) + (1,) * (len(w.shape) - 1))
         return rounded_scaled(w.array(), scale, w.elem_type, "weight")
 

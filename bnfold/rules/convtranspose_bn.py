@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy.typing as npt
-import onnx
 
+from bnfold import proto
 from bnfold.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.rules._base import (
     F64,
@@ -27,7 +27,7 @@ from bnfold.rules._base import (
 class ConvTransposeBN(LayerBeforeRule):
     op_types = ("ConvTranspose",)
 
-    def check_layer(self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto) -> None:
+    def check_layer(self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto) -> None:
         if attr_is_reference(layer, ("group",)):
             raise Skip(
                 Reason.FUNCTION_ATTRIBUTE,
@@ -35,7 +35,7 @@ class ConvTransposeBN(LayerBeforeRule):
             )
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
     ) -> tuple[int, int]:
         group = int(get_attr(layer, "group", 1))
         shape = w.shape
@@ -46,7 +46,7 @@ class ConvTransposeBN(LayerBeforeRule):
             )
         return group * shape[1], len(shape)
 
-    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
         group = int(get_attr(layer, "group", 1))
         shape = w.shape
         per_group = shape[1]

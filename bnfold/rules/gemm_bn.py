@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 
-from bnfold import numerics
+from bnfold import numerics, proto
 from bnfold.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.rules._base import (
     F64,
@@ -34,7 +33,7 @@ class GemmBN(LayerBeforeRule):
     bias_label = "C"
     bias_suffix = "_C"
 
-    def check_layer(self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto) -> None:
+    def check_layer(self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto) -> None:
         ref = attr_is_reference(layer, ("alpha", "beta", "transA", "transB"))
         if ref:
             raise Skip(
@@ -43,18 +42,18 @@ class GemmBN(LayerBeforeRule):
             )
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
     ) -> tuple[int, int]:
         if len(w.shape) != 2:
             raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} B has shape {list(w.shape)}")
         return (w.shape[0] if int(get_attr(layer, "transB", 0)) else w.shape[1]), 2
 
-    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
         column_scale = s[:, None] if int(get_attr(layer, "transB", 0)) else s[None, :]
         return rounded_scaled(w.array(), column_scale, w.elem_type, "B")
 
     def layer_bias(
-        self, scope: Scope, layer: onnx.NodeProto, channels: int
+        self, scope: Scope, layer: proto.NodeProto, channels: int
     ) -> tuple[F64 | None, Constant | None]:
         """beta * C, for C absent, a scalar, [N], [1, N] or [M, N]."""
         c = optional_weight(scope, layer, 2, "C")

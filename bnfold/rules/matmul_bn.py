@@ -11,8 +11,8 @@ from dataclasses import replace
 from typing import Any
 
 import numpy.typing as npt
-import onnx
 
+from bnfold import proto
 from bnfold.graph import Constant, Scope
 from bnfold.rules._base import (
     F64,
@@ -32,7 +32,7 @@ class MatMulBN(LayerBeforeRule):
     bias_label = "C"
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: onnx.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
     ) -> tuple[int, int]:
         if len(w.shape) != 2:
             raise Skip(
@@ -43,11 +43,11 @@ class MatMulBN(LayerBeforeRule):
         _check_rank_2(ctx, scope, layer, after)
         return w.shape[1], 2
 
-    def scale_weight(self, layer: onnx.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
         return rounded_scaled(w.array(), s[None, :], w.elem_type, "B")
 
     def layer_bias(
-        self, scope: Scope, layer: onnx.NodeProto, channels: int
+        self, scope: Scope, layer: proto.NodeProto, channels: int
     ) -> tuple[F64 | None, Constant | None]:
         return None, None  # a MatMul has none: the plan gives the new Gemm its C
 
@@ -56,7 +56,7 @@ class MatMulBN(LayerBeforeRule):
         return replace(plan, op_type="Gemm", set_attrs=set_attrs)
 
 
-def _check_rank_2(ctx: RuleContext, scope: Scope, matmul: onnx.NodeProto, after: str) -> None:
+def _check_rank_2(ctx: RuleContext, scope: Scope, matmul: proto.NodeProto, after: str) -> None:
     """Skip unless the MatMul's output is 2-D: only then is axis 1 B's column axis."""
     rank = ctx.rank(scope, matmul.output[0]) or ctx.rank(scope, after)
     if rank is None:

@@ -1,0 +1,222 @@
+"""ONNX's protobuf messages and the few helpers bnfold needs, without importing the onnx package.
+
+``import onnx`` imports ml_dtypes (for its dtype tables), whose import alone costs about a second
+on every run of bnfold, more than folding a ResNet-50. The messages themselves only need
+protobuf: onnx's generated ``onnx_ml_pb2`` module is loaded on its own, under its own name, so
+that a later ``import onnx`` (shape inference, the reference evaluator, bfloat16 arrays) finds it
+and uses the very same classes. The array helpers cover the plain numeric types directly and
+hand everything else to ``onnx.numpy_helper``/``onnx.helper``, imported then.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def _load_messages() -> ModuleType:
+    name = "onnx.onnx_ml_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    if "onnx" in sys.modules:
+        import onnx.onnx_ml_pb2 as loaded
+
+        return loaded
+    spec = importlib.util.find_spec("onnx")  # finds the package without running its __init__
+    locations = spec.submodule_search_locations if spec is not None else None
+    if not locations:  # pragma: no cover - onnx is a dependency
+        raise ImportError("bnfold needs the onnx package")
+    file_spec = importlib.util.spec_from_file_location(name, f"{locations[0]}/onnx_ml_pb2.py")
+    if file_spec is None or file_spec.loader is None:  # pragma: no cover
+        raise ImportError("onnx's onnx_ml_pb2 module was not found")
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[name] = module
+    try:
+        file_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+_pb = _load_messages()
+
+ModelProto: Any = _pb.ModelProto
+GraphProto: Any = _pb.GraphProto
+NodeProto: Any = _pb.NodeProto
+TensorProto: Any = _pb.TensorProto
+AttributeProto: Any = _pb.AttributeProto
+ValueInfoProto: Any = _pb.ValueInfoProto
+TypeProto: Any = _pb.TypeProto
+FunctionProto: Any = _pb.FunctionProto
+
+
+def full_onnx() -> Any:
+    """The onnx package itself, for what only it has (shape inference, the checker, ...)."""
+    import onnx
+
+    return onnx
+
+
+# -- element types --------------------------------------------------------------------------
+
+#: ONNX element types numpy holds natively, with the typed field their values live in and how
+#: a value of that field is stored (float16 in int32_data as its bit pattern).
+_PLAIN: dict[int, tuple[np.dtype[Any], str]] = {
+    TensorProto.FLOAT: (np.dtype("<f4"), "float_data"),
+    TensorProto.DOUBLE: (np.dtype("<f8"), "double_data"),
+    TensorProto.FLOAT16: (np.dtype("<f2"), "int32_data"),
+    TensorProto.INT8: (np.dtype("i1"), "int32_data"),
+    TensorProto.UINT8: (np.dtype("u1"), "int32_data"),
+    TensorProto.INT16: (np.dtype("<i2"), "int32_data"),
+    TensorProto.UINT16: (np.dtype("<u2"), "int32_data"),
+    TensorProto.INT32: (np.dtype("<i4"), "int32_data"),
+    TensorProto.INT64: (np.dtype("<i8"), "int64_data"),
+    TensorProto.UINT32: (np.dtype("<u4"), "uint64_data"),
+    TensorProto.UINT64: (np.dtype("<u8"), "uint64_data"),
+    TensorProto.BOOL: (np.dtype("bool"), "int32_data"),
+}
+_BY_DTYPE: dict[np.dtype[Any], int] = {dt.newbyteorder("="): t for t, (dt, _) in _PLAIN.items()}
+
+
+def np_dtype_to_tensor_dtype(dtype: np.dtype[Any]) -> int:
+    """The ONNX element type of a numpy dtype."""
+    found = _BY_DTYPE.get(np.dtype(dtype).newbyteorder("="))
+    if found is not None:
+        return found
+    return int(full_onnx().helper.np_dtype_to_tensor_dtype(dtype))
+
+
+def tensor_dtype_to_np_dtype(elem_type: int) -> np.dtype[Any]:
+    """The numpy dtype of an ONNX element type."""
+    if elem_type in _PLAIN:
+        native: np.dtype[Any] = _PLAIN[elem_type][0].newbyteorder("=")
+        return native
+    dtype: np.dtype[Any] = full_onnx().helper.tensor_dtype_to_np_dtype(elem_type)
+    return dtype
+
+
+def to_array(tensor: Any) -> npt.NDArray[Any]:
+    """A tensor's values as numpy (what ``onnx.numpy_helper.to_array`` gives)."""
+    plain = _PLAIN.get(tensor.data_type)
+    dims = tuple(int(d) for d in tensor.dims)
+    if plain is not None and tensor.data_location != TensorProto.EXTERNAL:
+        dtype, field = plain
+        count = int(np.prod(dims)) if dims else 1
+        if tensor.HasField("raw_data"):
+            raw = tensor.raw_data
+            if len(raw) == dtype.itemsize * count:
+                values = np.frombuffer(raw, dtype=dtype)
+                if sys.byteorder == "big" and dtype.itemsize > 1:  # pragma: no cover
+                    values = values.byteswap()
+                return values.reshape(dims)
+        else:
+            typed = getattr(tensor, field)
+            if len(typed) == count:
+                if tensor.data_type == TensorProto.FLOAT16:
+                    bits = np.asarray(typed, dtype=np.uint16)
+                    return bits.view(np.float16).reshape(dims)
+                return np.asarray(typed, dtype=dtype.newbyteorder("=")).reshape(dims)
+    result: npt.NDArray[Any] = full_onnx().numpy_helper.to_array(tensor)
+    return result
+
+
+def from_array(array: npt.NDArray[Any], name: str) -> Any:
+    """A TensorProto named ``name`` holding ``array`` as raw data."""
+    elem_type = _BY_DTYPE.get(array.dtype.newbyteorder("="))
+    if elem_type is None:
+        return full_onnx().numpy_helper.from_array(array, name)
+    tensor = TensorProto()
+    tensor.name = name
+    tensor.data_type = elem_type
+    tensor.dims.extend(array.shape)
+    values = np.ascontiguousarray(array)
+    if sys.byteorder == "big" and values.dtype.itemsize > 1:  # pragma: no cover
+        values = values.byteswap()
+    tensor.raw_data = values.tobytes()
+    return tensor
+
+
+# -- attributes and nodes -------------------------------------------------------------------
+
+_SCALAR_FIELDS = {
+    AttributeProto.FLOAT: "f",
+    AttributeProto.INT: "i",
+    AttributeProto.STRING: "s",
+    AttributeProto.TENSOR: "t",
+    AttributeProto.GRAPH: "g",
+}
+_LIST_FIELDS = {
+    AttributeProto.FLOATS: "floats",
+    AttributeProto.INTS: "ints",
+    AttributeProto.STRINGS: "strings",
+    AttributeProto.TENSORS: "tensors",
+    AttributeProto.GRAPHS: "graphs",
+}
+
+
+def get_attribute_value(attr: Any) -> Any:
+    """An attribute's value (as ``onnx.helper.get_attribute_value``)."""
+    if attr.type in _SCALAR_FIELDS:
+        return getattr(attr, _SCALAR_FIELDS[attr.type])
+    if attr.type in _LIST_FIELDS:
+        return list(getattr(attr, _LIST_FIELDS[attr.type]))
+    return full_onnx().helper.get_attribute_value(attr)
+
+
+def make_attribute(name: str, value: Any) -> Any:
+    """An AttributeProto for an int, float, string, tensor, or a list of ints or floats."""
+    attr = AttributeProto()
+    attr.name = name
+    if isinstance(value, bool | int | np.integer):
+        attr.type, attr.i = AttributeProto.INT, int(value)
+    elif isinstance(value, float | np.floating):
+        attr.type, attr.f = AttributeProto.FLOAT, float(value)
+    elif isinstance(value, str | bytes):
+        attr.type, attr.s = (
+            AttributeProto.STRING,
+            value.encode() if isinstance(value, str) else value,
+        )
+    elif isinstance(value, TensorProto):
+        attr.type = AttributeProto.TENSOR
+        attr.t.CopyFrom(value)
+    elif isinstance(value, list | tuple) and value and all(_is_int(v) for v in value):
+        attr.type = AttributeProto.INTS
+        attr.ints.extend(int(v) for v in value)
+    elif isinstance(value, list | tuple) and value and all(_is_real(v) for v in value):
+        attr.type = AttributeProto.FLOATS
+        attr.floats.extend(float(v) for v in value)
+    else:
+        return full_onnx().helper.make_attribute(name, value)
+    return attr
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, float | int | np.floating | np.integer)
+
+
+def make_node(
+    op_type: str, inputs: Iterable[str], outputs: Iterable[str], *, name: str, **attrs: Any
+) -> Any:
+    """A NodeProto of the default domain (as ``onnx.helper.make_node``, attributes sorted)."""
+    node = NodeProto()
+    node.op_type = op_type
+    node.input.extend(inputs)
+    node.output.extend(outputs)
+    node.name = name
+    node.attribute.extend(make_attribute(k, v) for k, v in sorted(_items(attrs)))
+    return node
+
+
+def _items(attrs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in attrs.items() if v is not None]
