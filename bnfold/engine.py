@@ -7,6 +7,7 @@ Afterwards only what the folds made unused is removed.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import re
@@ -20,7 +21,7 @@ import onnx
 from onnx import helper
 
 from bnfold import numerics
-from bnfold.constfold import EVALUATORS
+from bnfold.constfold import EVALUATORS, Budget
 from bnfold.graph import (
     Constant,
     ModelIndex,
@@ -55,6 +56,8 @@ from bnfold.rules._base import (
 from bnfold.wire import hold
 
 MAX_PASSES = 64
+#: Evaluated constants (bytes) in a pass past which the pass's garbage is collected at its end.
+_COLLECT_AFTER = 64 << 20
 SUFFIX = "_bnfolded"
 
 
@@ -172,6 +175,7 @@ class FoldEngine:
         # (bnfold.writer), instead of being copied into the model first.
         self.held: dict[str, npt.NDArray[Any]] | None = {} if hold else None
         self.maps: dict[Path, mmap.mmap] = {}  # weight files mapped while folding
+        self.budget = Budget()  # constant evaluation: per pass, and what was too large
         self.rules = {op: rule for rule in rules for op in rule.op_types}
         self.forward_rules = {op: rule for rule in forward_rules for op in rule.op_types}
         self.ranks = _Ranks(model)
@@ -197,11 +201,19 @@ class FoldEngine:
         changed = False
         position: dict[tuple[str, str], tuple[int, int]] = {}
         for _ in range(MAX_PASSES):
-            index = ModelIndex(self.model, self.base_dir, self.held, self.maps)
+            index = ModelIndex(self.model, self.base_dir, self.held, self.maps, self.budget)
             if self.names is None:
                 self.names = NameAllocator(index.all_names())
                 position = _positions(index)
-            folded = self._pass(index)
+            self.budget.new_pass()
+            try:
+                folded = self._pass(index)
+            finally:
+                index.release()
+                if self.budget.spent > _COLLECT_AFTER:
+                    # Skips keep tracebacks that keep the frames that read the values: cycles.
+                    # Free large evaluated values now, not when the collector next runs.
+                    gc.collect()
             changed = changed or folded
             if not folded:
                 break
