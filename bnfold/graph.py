@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bnfold import proto
-from bnfold.constfold import EVALUATORS, CannotEvaluate, evaluate
+from bnfold.constfold import EVALUATORS, Budget, CannotEvaluate, TooLarge, evaluate
 from bnfold.errors import InputError
 from bnfold.proto import AttributeProto, TensorProto
 from bnfold.wire import held_key
@@ -251,8 +251,10 @@ class Scope:
         base_dir: Path | None = None,
         held: dict[str, npt.NDArray[Any]] | None = None,
         maps: dict[Path, mmap.mmap] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.path = path
+        self.budget = budget  # bytes constant evaluation may still allocate (bnfold.constfold)
         self.maps = maps  # files mapped for reading weights, shared by one fold
         self.base_dir = base_dir  # where tensors left in external data files are read from
         self.held = held  # folded values not yet put into the model (see bnfold.wire.HELD_KEY)
@@ -346,6 +348,9 @@ class Scope:
             raise cached
         if cached is _IN_PROGRESS or node.output[0] != name or self._depth >= MAX_DEPTH:
             raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+        refused = self.budget.refused.get((self.path, name)) if self.budget else None
+        if refused is not None:
+            raise NotConstant(refused)
         self._computed[name] = _IN_PROGRESS
         self._depth += 1
         try:
@@ -363,9 +368,12 @@ class Scope:
                         f"it is computed by a {node.op_type} node from '{source}', and {exc}"
                     ) from None
             try:
-                value = evaluate(node, inputs, self.opset)
+                value = evaluate(node, inputs, self.opset, self.budget)
             except CannotEvaluate as exc:
-                raise NotConstant(f"it is computed by a {node.op_type} node that {exc}") from None
+                why = f"it is computed by a {node.op_type} node that {exc}"
+                if isinstance(exc, TooLarge) and self.budget is not None:
+                    self.budget.refused[(self.path, name)] = why
+                raise NotConstant(why) from None
         except NotConstant as exc:
             self._computed[name] = exc
             raise
@@ -394,11 +402,14 @@ class ModelIndex:
         base_dir: str | os.PathLike[str] | None = None,
         held: dict[str, npt.NDArray[Any]] | None = None,
         maps: dict[Path, mmap.mmap] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.model = model
         self.base_dir = Path(base_dir) if base_dir is not None else None
         self.held = held
         self.maps = maps
+        # one fold shares its budget across passes (and so indexes); otherwise one per index
+        self.budget = budget if budget is not None else Budget()
         self.opset = model_opset(model)
         self.scopes: list[Scope] = []
         main = self._build_graph("main", model.graph, None, self.opset)
@@ -421,6 +432,7 @@ class ModelIndex:
                 base_dir=self.base_dir,
                 held=self.held,
                 maps=self.maps,
+                budget=self.budget,
             )
             self.scopes.append(scope)
             self._index(scope)
@@ -439,6 +451,7 @@ class ModelIndex:
             base_dir=self.base_dir,
             held=self.held,
             maps=self.maps,
+            budget=self.budget,
         )
         self.scopes.append(scope)
         self._index(scope)
@@ -465,6 +478,12 @@ class ModelIndex:
                     scope.consumers.setdefault(name, []).append(i)
                     used.add(name)
         scope.free_names = {n for n in used if not scope.defines(n)}
+
+    def release(self) -> None:
+        """Drop the values evaluated through this index (they reference their scope, so without
+        this they would wait for the cyclic garbage collector)."""
+        for scope in self.scopes:
+            scope._computed.clear()
 
     def all_names(self) -> set[str]:
         """Every value name used anywhere in the model (for picking new unique names)."""

@@ -83,6 +83,8 @@ def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, 
             value_end = pos + length
         elif wire_type == 5:
             value_end = pos + 4
+        elif wire_type == 3:
+            value_end = _group_end(buf, pos, end, number)
         else:
             raise WireError(f"unsupported wire type {wire_type}")
         if value_end > end or number == 0:
@@ -90,6 +92,35 @@ def _fields(buf: memoryview, start: int, end: int) -> list[tuple[int, int, int, 
         found.append((number, wire_type, field_start, pos, value_end))
         pos = value_end
     return found
+
+
+def _group_end(buf: memoryview, pos: int, end: int, number: int) -> int:
+    """Where a (proto2) group that starts at ``pos`` ends, after its end tag. No ONNX message has
+    groups, but protobuf keeps them as unknown fields, so they must be skipped, not refused."""
+    open_groups = [number]  # a loop, not recursion: groups may nest deeper than the stack
+    while open_groups:
+        key, pos = _varint(buf, pos, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        if wire_type == 0:
+            _, pos = _varint(buf, pos, end)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _varint(buf, pos, end)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 3:
+            open_groups.append(number)
+        elif wire_type == 4 and number == open_groups[-1]:
+            open_groups.pop()
+        else:
+            raise WireError(f"unexpected wire type {wire_type} in a group")
+        if pos > end:
+            raise WireError("group runs past the end of its message")
+    return pos
 
 
 def _len_field(number: int, payload: bytes) -> bytes:

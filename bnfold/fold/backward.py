@@ -8,6 +8,7 @@ BN itself is handed, there and then, to ``ForwardFold``, which may fold it into 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 from bnfold import proto
@@ -15,7 +16,7 @@ from bnfold.fold.decisions import decide
 from bnfold.fold.driver import NodeKey, PassResult
 from bnfold.fold.forward import ForwardFold
 from bnfold.fold.state import FoldState, Pending, node_key
-from bnfold.graph import Scope, is_op
+from bnfold.graph import ModelIndex, Scope, is_op
 from bnfold.report import BNDecision
 from bnfold.rules._base import (
     Chain,
@@ -28,6 +29,9 @@ from bnfold.rules._base import (
     split_constant,
     walk_chain,
 )
+
+#: Evaluated constants (bytes) in a pass past which the pass's garbage is collected at its end.
+_COLLECT_AFTER = 64 << 20
 
 #: Reasons that are about the BatchNormalization itself: no layer, before or after, can take it.
 BN_ITSELF = frozenset(
@@ -52,6 +56,17 @@ class BackwardFold:
 
     def __call__(self) -> PassResult:
         index = self.state.index()
+        self.state.budget.new_pass()
+        try:
+            return self._run(index)
+        finally:
+            index.release()
+            if self.state.budget.spent > _COLLECT_AFTER:
+                # Skips keep tracebacks that keep the frames that read the values: cycles.
+                # Free large evaluated values now, not when the collector next runs.
+                gc.collect()
+
+    def _run(self, index: ModelIndex) -> PassResult:
         pending = Pending()
         dirty: set[int] = set()
         decisions: dict[NodeKey, BNDecision] = {}

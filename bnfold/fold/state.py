@@ -18,6 +18,7 @@ from typing import Any
 import numpy.typing as npt
 
 from bnfold import numerics, proto, wire
+from bnfold.constfold import Budget
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.shapes import Shapes
 from bnfold.graph import (
@@ -80,6 +81,7 @@ class FoldState:
         # (bnfold.writer), instead of being copied into the model first.
         self.held: dict[str, npt.NDArray[Any]] | None = {} if hold else None
         self.maps: dict[Path, mmap.mmap] = {}  # weight files mapped while folding
+        self.budget = Budget()  # constant evaluation: per pass, and what was too large
         self.rules: dict[str, FoldRule] = rules_by_op(rules)
         self.forward_rules: dict[str, ForwardRule] = rules_by_op(forward_rules)
         self.shapes = Shapes(model)
@@ -95,7 +97,7 @@ class FoldState:
 
     def index(self) -> ModelIndex:
         """A fresh use-def snapshot of the model as it is now."""
-        return ModelIndex(self.model, self.base_dir, self.held, self.maps)
+        return ModelIndex(self.model, self.base_dir, self.held, self.maps, self.budget)
 
     # RuleContext
     def rank(self, scope: Scope, name: str) -> int | None:
