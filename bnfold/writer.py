@@ -511,8 +511,12 @@ def _plan_model(
 
 def _unknown_bytes(msg: Message) -> bytes:
     """Fields this onnx version does not know, re-encoded where protobuf puts them: at the end."""
+    return _encode_unknown(unknown_fields.UnknownFieldSet(msg))
+
+
+def _encode_unknown(fields: Any) -> bytes:
     out = bytearray()
-    for f in unknown_fields.UnknownFieldSet(msg):
+    for f in fields:
         key = encode_varint(f.field_number << 3 | f.wire_type)
         if f.wire_type == 0:
             out += key + encode_varint(f.data)
@@ -522,8 +526,9 @@ def _unknown_bytes(msg: Message) -> bytes:
             out += key + int(f.data).to_bytes(4, "little")
         elif f.wire_type == 2:
             out += key + encode_varint(len(f.data)) + bytes(f.data)
-        else:  # groups: deprecated since proto2, never in an ONNX file
-            raise ValueError(f"cannot write unknown field {f.field_number} (a group)")
+        else:  # a (proto2) group: its fields, then the end tag
+            end = encode_varint(f.field_number << 3 | 4)
+            out += key + _encode_unknown(f.data) + end
     return bytes(out)
 
 

@@ -262,3 +262,22 @@ def test_unknown_fields_of_a_large_tensor_are_kept(tmp_path: Path) -> None:
     src.write_bytes(model.SerializeToString())
     write_model(open_model(src), tmp_path / "copy.onnx", source_dir=tmp_path)
     assert (tmp_path / "copy.onnx").read_bytes() == model.SerializeToString()
+
+
+def test_unknown_group_fields_are_written_back(tmp_path: Path) -> None:
+    """A (proto2) group that this onnx does not know is kept, nested groups included, byte for
+    byte as protobuf writes it; the reader accepts such files, so the writer must too."""
+    from bnfold.wire import encode_varint
+
+    def group(number: int, body: bytes) -> bytes:
+        return encode_varint(number << 3 | 3) + body + encode_varint(number << 3 | 4)
+
+    inner = group(7, encode_varint(1 << 3) + encode_varint(5))
+    base = onnx.ModelProto()
+    base.ir_version = 8
+    base.graph.name = "g"
+    data = base.SerializeToString() + group(99, inner + encode_varint(2 << 3 | 5) + b"abcd")
+    model = onnx.ModelProto.FromString(data)
+    out = tmp_path / "m.onnx"
+    write_model(model, out)
+    assert out.read_bytes() == model.SerializeToString() == data
