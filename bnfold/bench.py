@@ -565,12 +565,17 @@ def compare_baseline(
 # -- plot -------------------------------------------------------------------------------------
 
 
+def _short(name: str, width: int) -> str:
+    """A long file name without its middle."""
+    if len(name) <= width:
+        return name
+    keep = width - 3
+    return name[: keep - keep // 2] + "..." + name[-(keep // 2) :]
+
+
 def _fit(text: str, width: int) -> str:
-    """A title that fits its panel: long paths lose their middle, then lines wrap."""
-    if len(text) > width * 2:
-        keep = width - 2
-        text = text[: keep // 2] + "..." + text[-keep // 2 :]
-    return "\n".join(textwrap.wrap(text, width)) or text
+    """A title that fits its panel: wrapped into lines of ``width`` characters."""
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
 
 
 def plot(reports: BenchReport | Sequence[BenchReport], path: str | os.PathLike[str]) -> None:
@@ -611,9 +616,12 @@ def plot(reports: BenchReport | Sequence[BenchReport], path: str | os.PathLike[s
             )
             for r in runs
         ]
-        # clip the far tail so one stall does not squeeze every distribution into a line
-        top = max(float(np.percentile(d, 99)) for d in data)
-        low = min(float(d.min()) for d in data)
+        # the axis ends past the largest p95: one stall must not squeeze every distribution
+        # into a line; what lies beyond is drawn at the edge and its maximum said in the label
+        p95 = [float(np.percentile(d, 95)) for d in data]
+        low = min(float(np.percentile(d, 1)) for d in data)
+        span = max(p95) - low or max(p95) or 1.0
+        top = max(p95) + 0.35 * span
         clipped = [np.clip(d, None, top) for d in data]
         pos = np.arange(1, len(runs) + 1)
         parts = ax.violinplot(clipped, pos, showextrema=False, widths=0.8, **_horizontal())
@@ -631,16 +639,27 @@ def plot(reports: BenchReport | Sequence[BenchReport], path: str | os.PathLike[s
         )
         ax.set_yticks(pos, labels, fontsize=8)
         ax.invert_yaxis()
-        span = top - low or top or 1.0
-        ax.set_xlim(max(0.0, low - 0.05 * span), top + 0.30 * span)
-        for y, r in zip(pos, runs, strict=True):
+        ax.set_xlim(max(0.0, low - 0.05 * span), top)
+        for y, r, right in zip(pos, runs, p95, strict=True):
             ax.annotate(
-                f"{r.median_ms:.3g} ms",
-                (r.median_ms, y),
-                xytext=(0, -13),
+                f"median {r.median_ms:.3g} ms",
+                (right, y),
+                xytext=(4, 0),
                 textcoords="offset points",
-                ha="center",
+                va="center",
                 fontsize=7,
+            )
+        longest = max(float(d.max()) for d in data)
+        if longest > top:
+            ax.text(
+                0.995,
+                0.02,
+                f"slowest run {longest:.3g} ms (cut)",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="#757575",
             )
         ax.set_xlabel("latency per run (ms): box 25-75%, whiskers 5-95%", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
@@ -650,7 +669,8 @@ def plot(reports: BenchReport | Sequence[BenchReport], path: str | os.PathLike[s
             for k, v in speed.items()
         ]
         batch = f", batch {runs[0].batch_size}" if runs[0].batch_size is not None else ""
-        title = f"{Path(report.model).name}{batch}: folded speedup " + ", ".join(parts_text)
+        name = _short(Path(report.model).name, 48)
+        title = f"{name}{batch}: folded speedup " + ", ".join(parts_text)
         if report.noisy:
             title += " (noisy)"
         ax.set_title(_fit(title, 70), fontsize=9, loc="left")
@@ -692,8 +712,8 @@ def _batch_panel(ax: Any, report: BenchReport) -> None:
         xs = [r.batch_size or 1 for r in runs]
         ys = [r.median_ms / (r.batch_size or 1) for r in runs]
         err = [
-            [(r.median_ms - r.ci95_ms[0]) / (r.batch_size or 1) for r in runs],
-            [(r.ci95_ms[1] - r.median_ms) / (r.batch_size or 1) for r in runs],
+            [max(0.0, r.median_ms - r.ci95_ms[0]) / (r.batch_size or 1) for r in runs],
+            [max(0.0, r.ci95_ms[1] - r.median_ms) / (r.batch_size or 1) for r in runs],
         ]
         style = "-" if runs[0].model == "folded" else "--"
         ax.errorbar(xs, ys, yerr=err, fmt=style + "o", markersize=3, capsize=2, label=name)
@@ -703,7 +723,8 @@ def _batch_panel(ax: Any, report: BenchReport) -> None:
     ax.set_ylabel("median ms per item", fontsize=8)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7)
-    ax.set_title(_fit(f"{Path(report.model).name}: latency per item", 70), fontsize=9, loc="left")
+    name = _short(Path(report.model).name, 48)
+    ax.set_title(_fit(f"{name}: latency per item", 70), fontsize=9, loc="left")
 
 
 def check_plot_available() -> None:

@@ -18,9 +18,22 @@ RESAMPLES = 2000
 CONFIDENCE = 0.95
 
 
-def _indices(n: int, resamples: int, seed: int) -> np.ndarray:
+#: resampled rows drawn at once, so that thousands of rounds do not need a huge index array
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _medians(arrays: Sequence[np.ndarray], resamples: int, seed: int) -> list[np.ndarray]:
+    """Medians of ``resamples`` bootstrap resamples of each array (all of one length, resampled
+    with the same indices: paired), drawn in blocks."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, n, size=(resamples, n))
+    n = arrays[0].size
+    rows = max(1, BLOCK_ELEMENTS // n)
+    out: list[list[np.ndarray]] = [[] for _ in arrays]
+    for start in range(0, resamples, rows):
+        idx = rng.integers(0, n, size=(min(rows, resamples - start), n))
+        for k, x in enumerate(arrays):
+            out[k].append(np.median(x[idx], axis=1))
+    return [np.concatenate(parts) for parts in out]
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -43,7 +56,7 @@ def median_ci(
     median = float(np.median(x))
     if x.size == 1:
         return median, median, median
-    medians = np.median(x[_indices(x.size, resamples, seed)], axis=1)
+    (medians,) = _medians([x], resamples, seed)
     lo, hi = _interval(medians, confidence)
     return median, min(lo, median), max(hi, median)
 
@@ -72,10 +85,12 @@ def ratio_ci(
     ratio = _safe_ratio(float(np.median(a)), float(np.median(b)))
     if a.size == 1 and b.size == 1:
         return ratio, ratio, ratio
-    ia = _indices(a.size, resamples, seed)
-    ib = ia if paired else _indices(b.size, resamples, seed + 1)
+    if paired:
+        ma, mb = _medians([a, b], resamples, seed)
+    else:
+        (ma,), (mb,) = _medians([a], resamples, seed), _medians([b], resamples, seed + 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
+        ratios = ma / mb
     ratios = ratios[np.isfinite(ratios)]
     if ratios.size == 0:
         return ratio, ratio, ratio

@@ -27,7 +27,6 @@ from bnfold.cli import (
     QUIET_OPT,
     SEED_OPT,
     SHAPE_OPT,
-    _command_error,
     _input_shapes,
     _table,
     _Ui,
@@ -175,7 +174,7 @@ def bench_cmd(
         if plot is not None and reports:
             draw(reports, plot)
     except BnfoldError as exc:
-        raise _command_error(ui, "bench", exc, as_json) from None
+        raise _stopped(ui, exc, as_json) from None
     code = max([e.exit_code for _, e in errors], default=EXIT_OK)
     if comparison is not None:
         ui.show(lambda: _baseline_table(comparison))
@@ -205,6 +204,25 @@ def bench_cmd(
     raise typer.Exit(code)
 
 
+def _stopped(ui: _Ui, exc: BnfoldError, as_json: bool) -> typer.Exit:
+    """A bad option or baseline stops the whole command: one line, and the document if asked."""
+    ui.error(str(exc))
+    if as_json:
+        ui.emit_json(
+            {
+                "bnfold": __version__,
+                "command": "bench",
+                "exit_code": exc.exit_code,
+                "error": {"type": type(exc).__name__, "message": str(exc)},
+                "summary": None,
+                "models": [],
+                "benches": [],
+                "baseline": None,
+            }
+        )
+    return typer.Exit(exc.exit_code)
+
+
 def _error_entry(path: Path, exc: BnfoldError) -> dict[str, Any]:
     return {
         "model": str(path),
@@ -229,8 +247,20 @@ def _interval(lo: float, hi: float) -> str:
 
 
 def _render(ui: _Ui, report: BenchReport) -> None:
-    """One model: its table, the speedup lines, and why anything was left out."""
+    """One model: its table, the speedup lines, and why anything was left out (warnings are
+    printed even with --quiet)."""
+    state = (
+        f"noisy: {report.max_seconds:g} s budget ended before every interval was within "
+        f"+-{report.target_ci:.0%}"
+        if report.noisy
+        else f"within +-{report.target_ci:.0%}"
+    )
+    line = f"{report.model}: {report.rounds} rounds in {report.seconds:.1f} s, {state}"
+    for skip in report.skipped_batch_sizes:
+        ui.warn(f"{report.model}: --batch-size {skip['batch_size']} skipped: {skip['reason']}")
     if ui.quiet:
+        if report.noisy:
+            ui.warn(line)
         return
     ui.show(lambda: _bench_table(report))
     for g in report.speedups:
@@ -242,19 +272,10 @@ def _render(ui: _Ui, report: BenchReport) -> None:
             what = "the original's speed" if key == "vs_original" else f"ORT {key[7:]}"
             parts.append(f"{s} {what}")
         ui.say(f"folded{where}: " + escape(", ".join(parts)))
-    state = (
-        f"noisy: {report.max_seconds:g} s budget ended before every interval was within "
-        f"+-{report.target_ci:.0%}"
-        if report.noisy
-        else f"within +-{report.target_ci:.0%}"
-    )
-    line = f"{report.rounds} rounds in {report.seconds:.1f} s, {state}"
     if report.noisy:
-        ui.warn(line + " (try --max-seconds, --threads, or a quieter machine)")
+        ui.warn(line + " (try --max-seconds, --threads 1, or a quieter machine)")
     else:
-        ui.say(line)
-    for skip in report.skipped_batch_sizes:
-        ui.warn(f"{report.model}: --batch-size {skip['batch_size']} skipped: {skip['reason']}")
+        ui.say(escape(line))
     for note in report.notes:
         ui.say(f"note: {escape(note)}")
 

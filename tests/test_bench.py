@@ -308,16 +308,31 @@ def test_bench_plot_without_matplotlib_is_a_clear_usage_error(
     assert files(chain.parent) == {"chain.onnx"}
 
 
-def test_bench_plot_draws_an_image_with_a_batch_panel(chain: Path, tmp_path: Path) -> None:
+def test_bench_plot_draws_an_image(chain: Path) -> None:
     pytest.importorskip("matplotlib")
-    long_name = tmp_path / ("a-model-with-a-rather-long-name-" * 4 + ".onnx")
-    onnx.save(_chain(), long_name)
-    png = tmp_path / "latency.png"
-    code, _, err = invoke(
-        "bench", str(chain), str(long_name), *FAST, "--batch-size", "1", "--batch-size", "2",
-        "--plot", str(png),
-    )  # fmt: skip
+    png = chain.parent / "latency.png"
+    code, _, err = invoke("bench", str(chain), *FAST, "--plot", str(png))
     assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in err
+
+
+def test_plot_of_several_models_batch_sizes_and_a_long_name(tmp_path: Path) -> None:
+    """Constructed reports (no timing): a batch-size panel when several sizes ran, and a title
+    that fits however long the model's name."""
+    pytest.importorskip("matplotlib")
+    from dataclasses import replace
+
+    from bnfold.bench import plot
+
+    one = _report(path="/models/" + "a-model-with-a-rather-long-name-" * 4 + ".onnx")
+    batches = replace(
+        one,
+        runs=one.runs
+        + tuple(replace(r, batch_size=8, median_ms=r.median_ms * 6) for r in one.runs),
+    )
+    png = tmp_path / "many.png"
+    plot([batches, _report(folded_ms=0.9)], png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
