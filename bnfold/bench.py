@@ -565,6 +565,9 @@ def compare_baseline(
 # -- plot -------------------------------------------------------------------------------------
 
 
+NBSP = "\u00a0"
+
+
 def _short(name: str, width: int) -> str:
     """A long file name without its middle."""
     if len(name) <= width:
@@ -664,8 +667,9 @@ def plot(reports: BenchReport | Sequence[BenchReport], path: str | os.PathLike[s
         ax.set_xlabel("latency per run (ms): box 25-75%, whiskers 5-95%", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
         speed = report.speedup
+        # no-break spaces: a title wraps between speedups, never inside one
         parts_text = [
-            f"{'vs original' if k == 'vs_original' else 'vs ORT ' + k[7:]} {v}"
+            f"{'vs original' if k == 'vs_original' else 'vs ORT ' + k[7:]} {v}".replace(" ", NBSP)
             for k, v in speed.items()
         ]
         batch = f", batch {runs[0].batch_size}" if runs[0].batch_size is not None else ""
@@ -673,7 +677,7 @@ def plot(reports: BenchReport | Sequence[BenchReport], path: str | os.PathLike[s
         title = f"{name}{batch}: folded speedup " + ", ".join(parts_text)
         if report.noisy:
             title += " (noisy)"
-        ax.set_title(_fit(title, 70), fontsize=9, loc="left")
+        ax.set_title(_fit(title, 60), fontsize=9, loc="left")
         if with_batches:
             _batch_panel(axes[row][1], report)
     fig.tight_layout()
@@ -724,7 +728,7 @@ def _batch_panel(ax: Any, report: BenchReport) -> None:
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7)
     name = _short(Path(report.model).name, 48)
-    ax.set_title(_fit(f"{name}: latency per item", 70), fontsize=9, loc="left")
+    ax.set_title(_fit(f"{name}: latency per item", 60), fontsize=9, loc="left")
 
 
 def check_plot_available() -> None:
