@@ -80,6 +80,11 @@ def open_session(
         session = ort.InferenceSession(path, options, providers=[provider])
     except Exception as exc:  # onnxruntime raises its own exception types for every failure
         raise BackendError(f"{provider} @ {level}: {_first_line(exc)}") from None
+    if provider not in session.get_providers():  # e.g. TensorRT without its libraries
+        raise BackendError(
+            f"onnxruntime did not use {provider} for the session (it fell back to "
+            f"{', '.join(session.get_providers())}), so its timings would be mislabelled"
+        )
     specs = []
     for i in session.get_inputs():
         if i.type not in _ORT_TYPES:
