@@ -433,6 +433,10 @@ class Change:
     ratio: float
     ci95: tuple[float, float]
     verdict: str  # "slower", "faster" or "same" (within the noise)
+    # folded runs: the change relative to the original's (then/now speedup vs_original), which
+    # cancels a machine that is slower or faster as a whole; None when either run lacks it
+    relative: float | None = None
+    relative_ci95: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -447,6 +451,8 @@ class Change:
             "ratio": self.ratio,
             "ci95": list(self.ci95),
             "verdict": self.verdict,
+            "relative": self.relative,
+            "relative_ci95": list(self.relative_ci95) if self.relative_ci95 else None,
         }
 
 
@@ -458,6 +464,7 @@ class BaselineComparison:
     max_slowdown: float
     changes: tuple[Change, ...]
     unmatched: tuple[str, ...]  # configurations of this run the baseline does not have
+    relative: bool = False  # folded verdicts judged on the change relative to the original's
 
     @property
     def regressed(self) -> bool:
@@ -467,6 +474,7 @@ class BaselineComparison:
         return {
             "path": self.path,
             "max_slowdown": self.max_slowdown,
+            "relative": self.relative,
             "regressed": self.regressed,
             "changes": [c.to_dict() for c in self.changes],
             "unmatched": list(self.unmatched),
@@ -518,32 +526,70 @@ def _change_interval(now: Latency, then: Mapping[str, Any]) -> tuple[float, floa
     return ratio_of_intervals((now.median_ms, *now.ci95_ms), (base, float(lo), float(hi)))
 
 
+def _baseline_speedups(doc: Mapping[str, Any]) -> dict[tuple[Any, ...], Mapping[str, Any]]:
+    found: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for bench in doc["benches"]:
+        name = Path(str(bench.get("model", ""))).name
+        for g in bench.get("speedups") or ():
+            s = g.get("vs_original") if isinstance(g, Mapping) else None
+            if isinstance(s, Mapping) and "median" in s and "ci95" in s:
+                found.setdefault(
+                    (name, g.get("provider"), g.get("batch_size"), g.get("threads")), s
+                )
+    return found
+
+
+def _verdict(interval: tuple[float, float, float], max_slowdown: float) -> str:
+    _, lo, hi = interval
+    if lo > 1 + max_slowdown:
+        return "slower"
+    if hi < 1 - max_slowdown:
+        return "faster"
+    return "same"
+
+
 def compare_baseline(
     reports: Sequence[BenchReport],
     baseline: Mapping[str, Any],
     *,
     max_slowdown: float = DEFAULT_MAX_SLOWDOWN,
+    relative: bool = False,
     path: str = "",
 ) -> BaselineComparison:
     """Match every run to the baseline's by (model file name, provider, level, batch size,
-    threads, original/folded) and judge the change: "slower" when its whole 95% interval is
-    above 1 + ``max_slowdown``, "faster" when entirely below 1 - ``max_slowdown``."""
+    threads, original/folded) and judge the change now/then: "slower" when its whole 95%
+    interval is above 1 + ``max_slowdown``, "faster" when entirely below 1 - ``max_slowdown``.
+
+    The intervals hold the noise within each run, not a machine that is busier today than when
+    the baseline was taken; ``relative`` judges a folded run by its change over the original
+    model's in the same configuration (then/now of the "vs_original" speedup) instead, which
+    cancels such drift.
+    """
     then = _baseline_runs(baseline)
+    then_speedups = _baseline_speedups(baseline)
     changes, unmatched = [], []
     for report in reports:
         name = Path(report.model).name
+        now_speedups = {(g.provider, g.batch_size): g.speedups for g in report.speedups}
         for r in report.runs:
             old = then.get((name, *r.key[:4], r.model))
             label = f"{name}: {r.label} {r.provider} batch {r.batch_size}"
             if old is None or not float(old.get("median_ms") or 0) > 0:
                 unmatched.append(label)
                 continue
-            ratio, lo, hi = _change_interval(r, old)
-            verdict = "same"
-            if lo > 1 + max_slowdown:
-                verdict = "slower"
-            elif hi < 1 - max_slowdown:
-                verdict = "faster"
+            interval = _change_interval(r, old)
+            verdict = _verdict(interval, max_slowdown)
+            rel = None
+            if r.model == "folded":
+                was = then_speedups.get((name, r.provider, r.batch_size, r.threads))
+                now = now_speedups.get((r.provider, r.batch_size), {}).get("vs_original")
+                if was is not None and now is not None:
+                    lo, hi = (float(v) for v in was["ci95"])
+                    rel = ratio_of_intervals(
+                        (float(was["median"]), lo, hi), (now.median, *now.ci95)
+                    )
+                    if relative:
+                        verdict = _verdict(rel, max_slowdown)
             changes.append(
                 Change(
                     name,
@@ -554,12 +600,14 @@ def compare_baseline(
                     r.threads,
                     float(old["median_ms"]),
                     r.median_ms,
-                    ratio,
-                    (lo, hi),
+                    interval[0],
+                    (interval[1], interval[2]),
                     verdict,
+                    rel[0] if rel else None,
+                    (rel[1], rel[2]) if rel else None,
                 )
             )
-    return BaselineComparison(path, max_slowdown, tuple(changes), tuple(unmatched))
+    return BaselineComparison(path, max_slowdown, tuple(changes), tuple(unmatched), relative)
 
 
 # -- plot -------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from bnfold.errors import EXIT_FAILED, EXIT_OK, BnfoldError, InputError, UsageEr
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from bnfold.bench import BaselineComparison, BenchReport
+    from bnfold.bench import BaselineComparison, BenchReport, Change
 
 
 @app.command("bench")
@@ -98,6 +98,12 @@ def bench_cmd(
         DEFAULT_MAX_SLOWDOWN,
         "--max-slowdown",
         help="With --baseline: slowdown allowed beyond the measured noise (0.05 = 5%).",
+    ),
+    relative: bool = typer.Option(
+        False,
+        "--relative",
+        help="With --baseline: judge the folded model by its change over the original's in "
+        "the same run (cancels a machine busier than when the baseline was taken).",
     ),
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the latencies to this image (needs bnfold[plot])."
@@ -169,7 +175,7 @@ def bench_cmd(
         comparison = None
         if base_doc is not None:
             comparison = compare_baseline(
-                reports, base_doc, max_slowdown=max_slowdown, path=str(baseline)
+                reports, base_doc, max_slowdown=max_slowdown, relative=relative, path=str(baseline)
             )
         if plot is not None and reports:
             draw(reports, plot)
@@ -180,12 +186,20 @@ def bench_cmd(
         ui.show(lambda: _baseline_table(comparison))
         if comparison.regressed:
             code = max(code, EXIT_FAILED)
+            how = " relative to the original" if relative else ""
             ui.err.print(
-                f"[red]slower:[/red] a folded model is slower than in {escape(str(baseline))} "
-                f"beyond the noise (+{max_slowdown:.0%} allowed)"
+                f"[red]slower:[/red] a folded model is slower{how} than in "
+                f"{escape(str(baseline))} beyond the noise (+{max_slowdown:.0%} allowed)"
             )
         else:
             ui.say(f"no folded model slower than in {escape(str(baseline))} beyond the noise")
+        if not relative and any(
+            ch.run == "original" and ch.verdict != "same" for ch in comparison.changes
+        ):
+            ui.warn(
+                "the original model's latency changed too: the machine or onnxruntime differs "
+                "from the baseline's; --relative judges the folded model against it instead"
+            )
     if as_json:
         ui.emit_json(
             {
@@ -315,8 +329,10 @@ def _bench_table(report: BenchReport) -> Table:
 
 
 def _baseline_table(c: BaselineComparison) -> Table:
-    table = _table(f"against {c.path} (now / then; slower only beyond +{c.max_slowdown:.0%})")
-    for column in ("model", "configuration", "batch", "then ms", "now ms", "change", "95% CI"):
+    how = "; folded judged relative to the original" if c.relative else ""
+    table = _table(f"against {c.path} (now / then; slower only beyond +{c.max_slowdown:.0%}{how})")
+    columns = ("model", "configuration", "batch", "then ms", "now ms", "change", "95% CI")
+    for column in (*columns, "vs original"):
         table.add_column(
             column, justify="left" if column in ("model", "configuration") else "right"
         )
@@ -333,8 +349,16 @@ def _baseline_table(c: BaselineComparison) -> Table:
             f"{ch.median_ms:.3f}",
             f"{ch.ratio - 1:+.1%}",
             f"[{ch.ci95[0] - 1:+.1%}, {ch.ci95[1] - 1:+.1%}]",
+            _relative(ch),
             verdict,
         )
     for label in c.unmatched:
-        table.add_row(escape(label), "not in the baseline", "", "", "", "", "", "")
+        table.add_row(escape(label), "not in the baseline", "", "", "", "", "", "", "")
     return table
+
+
+def _relative(ch: Change) -> str:
+    if ch.relative is None or ch.relative_ci95 is None:
+        return ""
+    lo, hi = ch.relative_ci95
+    return f"{ch.relative - 1:+.1%} [{lo - 1:+.1%}, {hi - 1:+.1%}]"

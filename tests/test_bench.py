@@ -372,19 +372,27 @@ def _latency(model: str, level: str, median: float, spread: float = 0.01) -> Lat
     )
 
 
-def _report(folded_ms: float = 1.0, path: str = "/somewhere/net.onnx") -> BenchReport:
+def _report(
+    folded_ms: float = 1.0, path: str = "/somewhere/net.onnx", original_ms: float = 1.2
+) -> BenchReport:
     stats = ModelStats(path, 1000, 9, 3)
+    speedup = original_ms / folded_ms
     return BenchReport(
         model=path,
         original=stats,
         folded=ModelStats(None, 900, 6, 0),
         runs=(
-            _latency("original", "disable_all", 1.2),
-            _latency("original", "basic", 1.0),
+            _latency("original", "disable_all", original_ms),
+            _latency("original", "basic", original_ms / 1.2),
             _latency("folded", "disable_all", folded_ms),
         ),
         speedups=(
-            SpeedupGroup("CPUExecutionProvider", 1, 1, {"vs_original": Speedup(1.2, (1.15, 1.25))}),
+            SpeedupGroup(
+                "CPUExecutionProvider",
+                1,
+                1,
+                {"vs_original": Speedup(speedup, (speedup * 0.99, speedup * 1.01))},
+            ),
         ),
         noisy=False,
         rounds=41,
@@ -426,6 +434,25 @@ def test_compare_baseline_equal_slower_faster(with_samples: bool) -> None:
     assert not slight.regressed
 
 
+def test_compare_baseline_relative_cancels_a_slower_machine() -> None:
+    """A machine 25% slower today slows the original as much as the folded model: the plain
+    gate calls that a regression, the relative one does not; a folded model that lost its
+    speedup is a regression either way."""
+    now = _report(folded_ms=1.0, original_ms=1.2)
+    busy_then = _document(_report(folded_ms=0.8, original_ms=0.96))
+    assert compare_baseline([now], busy_then).regressed
+    relative = compare_baseline([now], busy_then, relative=True)
+    assert not relative.regressed and relative.relative
+    folded = next(c for c in relative.changes if c.run == "folded")
+    assert folded.relative == pytest.approx(1.0)
+    assert folded.relative_ci95 is not None
+    assert folded.relative_ci95[0] <= 1.0 <= folded.relative_ci95[1]
+    lost = _document(_report(folded_ms=0.8, original_ms=1.2))  # then 1.5x, now 1.2x
+    again = compare_baseline([now], lost, relative=True)
+    assert again.regressed
+    assert next(c for c in again.changes if c.run == "folded").relative == pytest.approx(1.25)
+
+
 def test_compare_baseline_needs_the_same_configuration() -> None:
     other = _report()
     doc = _document(other)
@@ -442,9 +469,12 @@ def _fake_benchmark(report: BenchReport) -> Any:
     return fake
 
 
-@pytest.mark.parametrize(("then_ms", "code"), [(1.0, 0), (1.3, 0), (0.8, 1)])
+@pytest.mark.parametrize(
+    ("then_ms", "flags", "code"),
+    [(1.0, [], 0), (1.3, [], 0), (0.8, [], 1), (1.0, ["--relative"], 0), (0.8, ["--relative"], 1)],
+)
 def test_bench_baseline_gate_exit_codes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then_ms: float, code: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then_ms: float, flags: list[str], code: int
 ) -> None:
     """The gate as CI runs it; the benchmark itself is replaced so that the numbers are fixed."""
     import bnfold.bench
@@ -454,7 +484,7 @@ def test_bench_baseline_gate_exit_codes(
     monkeypatch.setattr(bnfold.bench, "benchmark", _fake_benchmark(_report(1.0, str(model))))
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(_document(_report(then_ms))))
-    got, out, err = invoke("bench", str(model), "--baseline", str(baseline), "--json")
+    got, out, err = invoke("bench", str(model), "--baseline", str(baseline), *flags, "--json")
     assert got == code, err
     doc = json.loads(out)
     assert doc["exit_code"] == code
