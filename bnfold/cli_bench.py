@@ -8,6 +8,7 @@ noise exits 1.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,20 +203,33 @@ def bench_cmd(
             )
     if as_json:
         ui.emit_json(
-            {
-                "bnfold": __version__,
-                "command": "bench",
-                "exit_code": code,
-                "models": [str(p) for p in paths],
-                "plot": str(plot) if plot and reports else None,
-                "error": entries_error(errors),
-                "benches": entries,
-                "baseline": comparison.to_dict() if comparison else None,
-            }
+            _finite(
+                {
+                    "bnfold": __version__,
+                    "command": "bench",
+                    "exit_code": code,
+                    "models": [str(p) for p in paths],
+                    "plot": str(plot) if plot and reports else None,
+                    "error": entries_error(errors),
+                    "benches": entries,
+                    "baseline": comparison.to_dict() if comparison else None,
+                }
+            )
         )
     if plot is not None and reports:
         ui.say(f"wrote {escape(str(plot))}")
     raise typer.Exit(code)
+
+
+def _finite(value: Any) -> Any:
+    """The document with every number that is not finite (a ratio over a zero median) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _stopped(ui: _Ui, exc: BnfoldError, as_json: bool) -> typer.Exit:
