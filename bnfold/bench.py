@@ -80,7 +80,7 @@ class ModelStats:
 @dataclass(frozen=True)
 class Latency:
     """One configuration (model, provider, level, batch size): its session creation time and
-    the run latencies of every round, summarised with a bootstrap interval for the median."""
+    the run latencies of every round, summarised with a 95% interval for the median."""
 
     model: str  # "original" or "folded"
     provider: str
