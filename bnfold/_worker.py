@@ -98,6 +98,60 @@ def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 # -- onnx.reference -----------------------------------------------------------------------------
 
 
+def _low_precision(dtype: np.dtype[Any]) -> bool:
+    """float16 and bfloat16: the dtypes whose arithmetic the reference evaluator must not do
+    step by step (see ``_in_float32``)."""
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def _in_float32(base: Any, name: str) -> type:
+    """``base`` (a reference-evaluator op) computing float16/bfloat16 inputs in float32 and
+    rounding each output once into the input dtype.
+
+    numpy, and ml_dtypes for bfloat16, round after every elementwise step: the reference Conv
+    rounds its product and again after adding the bias, Gemm after each of alpha, @, beta and
+    +. Every real kernel accumulates in float32 and rounds the result once; the step-by-step
+    rounding is noise of the evaluator, as large as the fold's own rounding and not in either
+    model, so it would be compared as if it were a difference between them.
+    """
+
+    def _run(self: Any, *inputs: Any, **attrs: Any) -> tuple[Any, ...]:
+        low = next(
+            (x.dtype for x in inputs if isinstance(x, np.ndarray) and _low_precision(x.dtype)),
+            None,
+        )
+        if low is None:
+            result: tuple[Any, ...] = base._run(self, *inputs, **attrs)
+            return result
+        up = [
+            x.astype(np.float32) if isinstance(x, np.ndarray) and x.dtype == low else x
+            for x in inputs
+        ]
+        return tuple(
+            r.astype(low) if isinstance(r, np.ndarray) and r.dtype == np.float32 else r
+            for r in base._run(self, *up, **attrs)
+        )
+
+    return type(name, (base,), {"op_domain": "", "_run": _run})
+
+
+def _reference_ops(opset: int) -> list[type]:
+    """bnfold's replacements for reference-evaluator ops at ``opset``: an inference-mode
+    BatchNormalization, and the layers BatchNormalization folds into computed in float32 for
+    float16/bfloat16."""
+    from onnx.reference.ops.op_conv import Conv
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose
+    from onnx.reference.ops.op_gemm import Gemm_6, Gemm_7
+    from onnx.reference.ops.op_matmul import MatMul
+
+    gemm = Gemm_6 if opset < 7 else Gemm_7
+    layers = [(Conv, "Conv"), (ConvTranspose, "ConvTranspose"), (gemm, "Gemm")]
+    return [
+        _in_float32(_batchnorm_op(), "BatchNormalization"),
+        *(_in_float32(base, name) for base, name in [*layers, (MatMul, "MatMul")]),
+    ]
+
+
 def _batchnorm_op() -> type:
     """BatchNormalization for the reference evaluator that honours inference mode.
 
@@ -154,7 +208,8 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 
     try:
         model = onnx.load(path)
-        evaluator = ReferenceEvaluator(model, new_ops=[_batchnorm_op()])
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        evaluator = ReferenceEvaluator(model, new_ops=_reference_ops(opset))
     except Exception as exc:  # the reference evaluator raises anything for unsupported models
         raise BackendError(_first_line(exc)) from None
     outputs = output_names(model)

@@ -151,6 +151,12 @@ def dtype_name(array: np.ndarray) -> str:
     return str(array.dtype)
 
 
+def is_float(dtype: np.dtype[Any]) -> bool:
+    """True for numpy's floats and complex numbers and ml_dtypes' (bfloat16, float8...), whose
+    numpy kind is "V": they get the float tolerances and the output-range scale, not equality."""
+    return dtype.kind in "fc" or (dtype.kind == "V" and dtype.name.startswith(("bfloat", "float")))
+
+
 def compare_arrays(
     name: str, original: np.ndarray, candidate: np.ndarray, rtol: float, atol: float
 ) -> OutputComparison:
@@ -185,7 +191,7 @@ def compare_arrays(
     mag = np.abs(np.where(nan_ref, 0.0, ref))
     finite = mag[np.isfinite(mag)]
     scale = max(1.0, float(finite.max())) if finite.size else 1.0
-    if original.dtype.kind not in "fc":
+    if not is_float(original.dtype):
         scale = 1.0  # integers and bools: exact
     allowed = atol * scale + rtol * mag
     with np.errstate(divide="ignore", invalid="ignore"):
