@@ -62,6 +62,16 @@ class VerifyOptions:
     timeout: float | None = 600.0
     require_verified: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse unusable numbers when the options are made, before any model is read."""
+        verification.check_options(
+            samples=self.samples,
+            rtol=self.rtol,
+            atol=self.atol,
+            output_tolerances=self.output_tolerances,
+            timeout=self.timeout,
+        )
+
 
 #: What happened to one model file: written after a passing check, written with nothing folded,
 #: written unverified (nothing could run it), refused (check failed), or only inspected.

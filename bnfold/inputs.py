@@ -8,6 +8,7 @@ Symbolic or unknown dimensions come from ``input_shapes`` or, by default, are 1 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,13 +224,37 @@ def make_feeds(
     return feeds, shapes, notes
 
 
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``; ``UsageError`` when it is not a readable .npz.
+
+    The file is opened without blocking and must be a regular file, so a FIFO or a device
+    named by mistake is refused instead of waited on. All arrays are read, so a truncated or
+    corrupt archive (bad CRC) is found here, not when a model runs on it.
+    """
+    hint = "expected an .npz of arrays keyed by input name, as numpy.savez writes"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open it ({exc.strerror or exc})", hint=hint) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: not a regular file", hint=hint)
+    with open(fd, "rb") as file:
+        try:
+            data = np.load(file, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single array (.npy), not an .npz archive")
+            with data:
+                return {k: data[k] for k in data.files}
+        except Exception as exc:  # zipfile, numpy and the OS raise many kinds for a bad file
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            raise UsageError(f"{path}: cannot read it as .npz ({why})", hint=hint) from None
+
+
 def load_npz(specs: Sequence[InputSpec], path: Path) -> dict[str, np.ndarray]:
     """The user's arrays, checked against the model's inputs (names, dtypes, fixed dims)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--inputs {path}: cannot read it as .npz ({exc})") from None
+    arrays = read_npz(path)
     names = {s.name for s in specs}
     missing = sorted(names - arrays.keys())
     extra = sorted(arrays.keys() - names)

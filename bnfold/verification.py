@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import subprocess
 import sys
@@ -279,15 +280,13 @@ def verify(
     ``UsageError`` when the models' inputs/outputs differ or the input options do not fit them;
     everything that goes wrong while running them is reported, not raised.
     """
-    if samples < 1:
-        raise UsageError("--samples must be at least 1")
-    if output_tolerances:
-        for name, tol in output_tolerances.items():
-            if any(t is not None and (t < 0 or not math.isfinite(t)) for t in tol):
-                raise UsageError(f"tolerances for output '{name}' must be finite and >= 0")
-    for label, value in (("--rtol", rtol), ("--atol", atol)):
-        if value is not None and (value < 0 or not math.isfinite(value)):
-            raise UsageError(f"{label} must be a finite number >= 0")
+    limit = check_options(
+        samples=samples, rtol=rtol, atol=atol, output_tolerances=output_tolerances, timeout=timeout
+    )
+    if inputs is not None:
+        from bnfold.inputs import read_npz
+
+        read_npz(inputs)  # here, before any child: a bad file is a usage error, not "unverified"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bnfold-verify-") as tmp:
         work = Path(tmp)
@@ -305,7 +304,7 @@ def verify(
         notes: list[str] = []
         failures: list[str] = []
         for backend in BACKENDS:
-            result = _run_worker({**request, "backend": backend}, work, timeout)
+            result = _run_worker({**request, "backend": backend}, work, limit)
             kind = result["status"]
             if kind == "ok":
                 return _report(result, samples, seed, notes, time.perf_counter() - start)
@@ -328,6 +327,37 @@ def verify(
         notes=tuple(notes),
         seconds=time.perf_counter() - start,
     )
+
+
+def check_options(
+    *,
+    samples: int = 1,
+    rtol: float | None = None,
+    atol: float | None = None,
+    output_tolerances: Mapping[str, Sequence[float | None]] | None = None,
+    timeout: float | None = None,
+) -> float | None:
+    """Refuse (``UsageError``) option values no verification can use; returns the timeout to
+    apply: None (no limit) for None or inf, else seconds, which must be > 0 (NaN is refused)."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+        raise UsageError(f"samples must be a whole number >= 1, not {samples!r}")
+    if output_tolerances:
+        for name, tol in output_tolerances.items():
+            if any(t is not None and (t < 0 or not math.isfinite(t)) for t in tol):
+                raise UsageError(f"tolerances for output '{name}' must be finite and >= 0")
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and (value < 0 or not math.isfinite(value)):
+            raise UsageError(f"{label} must be a finite number >= 0, not {value!r}")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
+    if math.isnan(timeout) or timeout <= 0:
+        raise UsageError(
+            f"timeout must be a number of seconds > 0, not {timeout!r}",
+            hint="inf means no limit",
+        )
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path) -> Path:

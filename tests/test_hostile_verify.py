@@ -1,0 +1,152 @@
+"""Verification against a hostile environment (issue 16): bad option values and input files,
+a full temporary folder, the bnfold process killed mid-run, many samples.
+
+Every case runs ``python -m bnfold`` for real and checks the exit code, the one-line message, and
+that nothing was written or left behind (outputs, staging folders, temporary folders, children).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from bnfold.api import VerifyOptions
+from bnfold.errors import UsageError
+from bnfold.verification import verify
+from tests.test_verify import conv_bn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bnfold(
+    *args: str, cwd: Path, tmpdir: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+    return subprocess.run(
+        [sys.executable, "-m", "bnfold", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A folder with model.onnx, an empty out/ for the output and an empty tmp/ for TMPDIR."""
+    onnx.save(conv_bn(), str(tmp_path / "model.onnx"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "tmp").mkdir()
+    return tmp_path
+
+
+def leftovers(work: Path) -> list[str]:
+    """Everything bnfold may have left: files in out/ and tmp/, hidden staging folders."""
+    found = [str(p.relative_to(work)) for d in ("out", "tmp") for p in (work / d).iterdir()]
+    return found + [p.name for p in work.glob(".bnfold-*")]
+
+
+def one_line_error(run: subprocess.CompletedProcess[str]) -> str:
+    err = run.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+# -- item 10: option values and --inputs files that cannot be used: exit 2, nothing written -----
+
+
+def _bad_inputs(work: Path) -> dict[str, Path]:
+    good = work / "good.npz"
+    np.savez(good, x=np.zeros((1, 3, 8, 8), np.float32))
+    data = good.read_bytes()
+    (work / "truncated.npz").write_bytes(data[:200])
+    corrupt = bytearray(data)
+    corrupt[data.find(b"\x93NUMPY") + 200] ^= 0xFF  # inside the array: the CRC no longer fits
+    (work / "corrupt.npz").write_bytes(bytes(corrupt))
+    (work / "noise.npz").write_bytes(bytes(range(256)) * 4)
+    os.mkfifo(work / "fifo.npz")
+    (work / "folder.npz").mkdir()
+    np.save(work / "single.npy", np.zeros(3))
+    return {
+        "truncated": work / "truncated.npz",
+        "corrupt": work / "corrupt.npz",
+        "noise": work / "noise.npz",
+        "fifo": work / "fifo.npz",
+        "folder": work / "folder.npz",
+        "missing": work / "missing.npz",
+        "npy": work / "single.npy",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--timeout", "-1"], "timeout must be"),
+        (["--timeout", "0"], "timeout must be"),
+        (["--timeout", "nan"], "timeout must be"),
+        (["--timeout=-inf"], "timeout must be"),
+        (["--inputs", "truncated"], "cannot read it as .npz"),
+        (["--inputs", "corrupt"], "CRC"),
+        (["--inputs", "noise"], "cannot read it as .npz"),
+        (["--inputs", "fifo"], "not a regular file"),
+        (["--inputs", "folder"], "not a regular file"),
+        (["--inputs", "missing"], "No such file"),
+        (["--inputs", "npy"], "not an .npz"),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, list) else None,
+)
+def test_unusable_verify_options_are_usage_errors(work: Path, args: list[str], expect: str) -> None:
+    files = _bad_inputs(work)
+    args = [str(files[a]) if a in files else a for a in args]
+    out = work / "out" / "model.folded.onnx"
+    run = run_bnfold("model.onnx", "-o", str(out), *args, cwd=work, tmpdir=work / "tmp", timeout=60)
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    err = one_line_error(run)
+    assert expect in err, err
+    assert "--timeout" not in err  # the API's words, not the command line's
+    assert leftovers(work) == []
+
+
+def test_timeout_inf_means_no_limit(work: Path) -> None:
+    run = run_bnfold("model.onnx", "-o", "out/m.onnx", "--timeout", "inf", cwd=work)
+    assert run.returncode == 0, run.stderr
+    assert (work / "out" / "m.onnx").is_file()
+
+
+@pytest.mark.parametrize("timeout", [-1.0, 0.0, math.nan, -math.inf])
+def test_api_refuses_bad_timeouts(timeout: float) -> None:
+    with pytest.raises(UsageError, match="timeout must be"):
+        VerifyOptions(timeout=timeout)
+    model = conv_bn()
+    with pytest.raises(UsageError, match="timeout must be"):
+        verify(model, model, timeout=timeout)
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise TimeoutError("blocked")
+
+
+def test_api_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    model = conv_bn()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(20)
+    try:
+        with pytest.raises(UsageError, match="not a regular file"):
+            verify(model, model, inputs=fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
