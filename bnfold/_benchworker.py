@@ -56,7 +56,7 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     feeds, shapes, notes = make_feeds(
         specs, input_shapes=request["input_shapes"] or None, samples=1, seed=request["seed"]
     )
-    feed = feeds[0]
+    feed = next(feeds)
     for _, _, session, _, _, _ in sessions:
         for _ in range(request["warmup"]):
             session.run(None, feed)

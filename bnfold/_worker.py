@@ -249,6 +249,23 @@ def _same_interface(
         )
 
 
+def _compare_into(
+    merged: dict[str, OutputComparison],
+    outputs: Sequence[str],
+    got_a: dict[str, np.ndarray],
+    got_b: dict[str, np.ndarray],
+    request: dict[str, Any],
+) -> None:
+    """Compare one sample's outputs and merge them into ``merged`` (the worst over samples)."""
+    for name in outputs:
+        a, b = np.asarray(got_a[name]), np.asarray(got_b[name])
+        rtol, atol = tolerances_for(
+            name, str(a.dtype), request["rtol"], request["atol"], request["output_tolerances"]
+        )
+        c = compare_arrays(name, a, b, rtol, atol)
+        merged[name] = merge(merged[name], c) if name in merged else c
+
+
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
     load = ort_model if request["backend"] == "onnxruntime" else reference_model
     specs, outputs, run_a = load(request["original"])
@@ -270,13 +287,9 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
                 raise BackendError(f"{exc} [{'; '.join(notes)}]") from None
             raise
         got_b = dict(zip(outputs_b, run_b(feed), strict=True))
-        for name in outputs:
-            a, b = np.asarray(got_a[name]), np.asarray(got_b[name])
-            rtol, atol = tolerances_for(
-                name, str(a.dtype), request["rtol"], request["atol"], request["output_tolerances"]
-            )
-            c = compare_arrays(name, a, b, rtol, atol)
-            merged[name] = merge(merged[name], c) if name in merged else c
+        del feed  # one sample in memory: this one goes before the next is made
+        _compare_into(merged, outputs, got_a, got_b, request)
+        del got_a, got_b
     return {
         "status": "ok",
         "backend": request["backend"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,21 +207,28 @@ def make_feeds(
     inputs: str | os.PathLike[str] | None = None,
     samples: int = 1,
     seed: int = 0,
-) -> tuple[list[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
+) -> tuple[Iterator[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
     """Feeds for ``samples`` runs, the shapes used, and notes on defaults.
 
-    With ``inputs`` (an .npz keyed by input name) the user's arrays are the one sample.
+    The feeds are made one at a time as they are iterated (same random stream, in the same
+    order, as making them all at once), so memory holds one sample however many are asked for;
+    shapes are checked before this returns. With ``inputs`` (an .npz keyed by input name) the
+    user's arrays are the one sample.
     """
     if inputs is not None:
         feed = load_npz(specs, Path(inputs))
-        return [feed], {k: tuple(v.shape) for k, v in feed.items()}, []
+        return iter([feed]), {k: tuple(v.shape) for k, v in feed.items()}, []
     shapes, notes = resolve_shapes(specs, input_shapes)
+    return _random_feeds(specs, shapes, samples, seed), shapes, notes
+
+
+def _random_feeds(
+    specs: Sequence[InputSpec], shapes: dict[str, tuple[int, ...]], samples: int, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    feeds = [
-        {s.name: random_array(rng, s.elem_type, shapes[s.name]) for s in specs}
-        for _ in range(samples)
-    ]
-    return feeds, shapes, notes
+    for _ in range(samples):
+        # yielded unnamed: the generator keeps no reference to a sample once it is handed out
+        yield {s.name: random_array(rng, s.elem_type, shapes[s.name]) for s in specs}
 
 
 def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

@@ -150,3 +150,61 @@ def test_api_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# -- item 14: samples are made, run and compared one at a time ----------------------------------
+
+
+def test_samples_are_made_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a sample is made, no array of an earlier sample is still alive."""
+    import weakref
+
+    from bnfold import _worker, fold_model, inputs
+
+    original, folded = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    model = conv_bn()
+    onnx.save(model, str(original))
+    onnx.save(fold_model(model).model, str(folded))
+    made: list[weakref.ref[np.ndarray]] = []
+    alive_before: list[int] = []
+    real = inputs.random_array
+
+    def tracked(rng: np.random.Generator, elem_type: int, shape: tuple[int, ...]) -> np.ndarray:
+        alive_before.append(sum(r() is not None for r in made))
+        array = real(rng, elem_type, shape)
+        made.append(weakref.ref(array))
+        return array
+
+    monkeypatch.setattr(inputs, "random_array", tracked)
+    request = {
+        "backend": "onnxruntime",
+        "original": str(original),
+        "candidate": str(folded),
+        "input_shapes": {},
+        "inputs": None,
+        "samples": 20,
+        "seed": 3,
+        "rtol": None,
+        "atol": None,
+        "output_tolerances": {},
+    }
+    result = _worker.run_request(request)
+    assert result["status"] == "ok" and result["outputs"][0]["passed"]
+    assert result["outputs"][0]["size"] == 20 * 6 * 8 * 8
+    assert len(alive_before) == 20 and max(alive_before) == 0, alive_before
+
+
+def test_lazy_samples_are_the_same_random_stream() -> None:
+    """Made lazily, the samples are the very arrays made all at once before (same seed)."""
+    from bnfold.inputs import InputSpec, make_feeds, random_array
+
+    specs = [InputSpec("x", 1, ("N", 3)), InputSpec("k", 7, (2,)), InputSpec("m", 9, (4,))]
+    feeds, shapes, _ = make_feeds(specs, samples=4, seed=11)
+    rng = np.random.default_rng(11)
+    expected = []
+    for _ in range(4):
+        expected.append({s.name: random_array(rng, s.elem_type, shapes[s.name]) for s in specs})
+    got = list(feeds)
+    assert len(got) == 4
+    for g, e in zip(got, expected, strict=True):
+        assert g.keys() == e.keys() and all(np.array_equal(g[k], e[k]) for k in g)
