@@ -12,12 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
+from bnfold import fold_model
 from bnfold.api import VerifyOptions
 from bnfold.errors import UsageError
 from bnfold.verification import verify
@@ -90,20 +93,24 @@ def _bad_inputs(work: Path) -> dict[str, Path]:
     }
 
 
+BAD_NPZ = [
+    ("truncated", "cannot read it as .npz"),
+    ("corrupt", "CRC"),
+    ("noise", "cannot read it as .npz"),
+    ("fifo", "not a regular file"),
+    ("folder", "not a regular file"),
+    ("missing", "No such file"),
+    ("npy", "not an .npz"),
+]
+
+
 @pytest.mark.parametrize(
     ("args", "expect"),
     [
         (["--timeout", "-1"], "timeout must be"),
-        (["--timeout", "0"], "timeout must be"),
         (["--timeout", "nan"], "timeout must be"),
-        (["--timeout=-inf"], "timeout must be"),
-        (["--inputs", "truncated"], "cannot read it as .npz"),
         (["--inputs", "corrupt"], "CRC"),
-        (["--inputs", "noise"], "cannot read it as .npz"),
         (["--inputs", "fifo"], "not a regular file"),
-        (["--inputs", "folder"], "not a regular file"),
-        (["--inputs", "missing"], "No such file"),
-        (["--inputs", "npy"], "not an .npz"),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) else None,
 )
@@ -117,6 +124,23 @@ def test_unusable_verify_options_are_usage_errors(work: Path, args: list[str], e
     assert expect in err, err
     assert "--timeout" not in err  # the API's words, not the command line's
     assert leftovers(work) == []
+
+
+@pytest.mark.parametrize(("kind", "expect"), BAD_NPZ, ids=[k for k, _ in BAD_NPZ])
+def test_api_refuses_unusable_npz_before_any_child(
+    tmp_path: Path, kind: str, expect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bnfold import verification
+
+    def no_child(*args: object, **kwargs: object) -> dict[str, object]:
+        raise AssertionError("a child was started")
+
+    monkeypatch.setattr(verification, "run_child", no_child)
+    path = _bad_inputs(tmp_path)[kind]
+    model = conv_bn()
+    with pytest.raises(UsageError, match=expect) as info:
+        verify(model, model, inputs=path)
+    assert "\n" not in str(info.value) and "--inputs" not in str(info.value)
 
 
 def test_timeout_inf_means_no_limit(work: Path) -> None:
@@ -159,7 +183,7 @@ def test_samples_are_made_one_at_a_time(tmp_path: Path, monkeypatch: pytest.Monk
     """While a sample is made, no array of an earlier sample is still alive."""
     import weakref
 
-    from bnfold import _worker, fold_model, inputs
+    from bnfold import _worker, inputs
 
     original, folded = tmp_path / "a.onnx", tmp_path / "b.onnx"
     model = conv_bn()
@@ -208,3 +232,147 @@ def test_lazy_samples_are_the_same_random_stream() -> None:
     assert len(got) == 4
     for g, e in zip(got, expected, strict=True):
         assert g.keys() == e.keys() and all(np.array_equal(g[k], e[k]) for k in g)
+
+
+# -- item 12: a full temporary folder: one line, exit 3, nothing left --------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def _fill(folder: Path, free_pages: int) -> None:
+    for p in folder.iterdir():
+        p.unlink()
+    (folder / "filler").write_bytes(b"\0" * (64 - 4 * free_pages) * 1024)
+
+
+def test_full_tmpdir_is_one_line_exit_3(work: Path, small_tmpfs: Path) -> None:
+    folded = work / "folded.onnx"
+    onnx.save(fold_model(conv_bn()).model, str(folded))
+    codes = []
+    for free in (1, 4):  # room for the request only; room for request and result
+        _fill(small_tmpfs, free)
+        run = run_bnfold("verify", "model.onnx", str(folded), "-q", cwd=work, tmpdir=small_tmpfs)
+        codes.append(run.returncode)
+        assert run.returncode in (0, 3), run.stderr
+        if run.returncode == 3:
+            err = one_line_error(run)
+            assert "cannot write the temporary folder" in err and "No space left" in err, err
+        assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
+    assert codes == [3, 0], codes
+
+
+def test_full_output_folder_is_one_line_exit_3(work: Path, small_tmpfs: Path) -> None:
+    """fold_file verifies in its staging folder beside the output: TMPDIR is never written."""
+    codes = []
+    for free in (2, 5):  # room for the staged model and the request only; room for all
+        _fill(small_tmpfs, free)
+        out = small_tmpfs / "model.folded.onnx"
+        run = run_bnfold("model.onnx", "-o", str(out), "-q", cwd=work, tmpdir=work / "tmp")
+        codes.append(run.returncode)
+        assert run.returncode in (0, 3), run.stderr
+        left = sorted(p.name for p in small_tmpfs.iterdir())
+        if run.returncode == 3:
+            assert "No space left" in one_line_error(run)
+            assert left == ["filler"]
+        else:
+            assert left == ["filler", "model.folded.onnx"]
+        assert list((work / "tmp").iterdir()) == []
+    assert codes == [3, 0], codes
+
+
+def test_truncated_or_missing_result_is_a_crash_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result the child left half-written or not at all is a "crash", not a traceback."""
+    from bnfold import verification
+
+    for text in ("", '{"status": "ok", "outp', "[1, 2]"):
+        module = tmp_path / f"fake_child_{len(text)}.py"
+        module.write_text(
+            f"import sys, pathlib\npathlib.Path(sys.argv[2]).write_text({text!r})\nsys.exit(1)\n"
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+        work = tmp_path / f"work{len(text)}"
+        work.mkdir()
+        result = verification.run_child(module.stem, {}, work, 30)
+        assert result["status"] == "crash", result
+        assert "exited with code 1" in result["message"]
+
+
+# -- item 7: bnfold killed while it verifies: its child dies and removes its folders -----------
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc; zombies count as gone)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = (Path("/proc") / entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_bnfold_leaves_no_child_and_no_folders(work: Path, sig: signal.Signals) -> None:
+    onnx.save(conv_bn(shape=[1, 3, 128, 128]), str(work / "model.onnx"))  # ~25 ms a sample
+    out = work / "out" / "model.folded.onnx"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(work / "tmp")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnfold", "model.onnx", "-o", str(out), "--samples", "100000"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (kids := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert kids, "the verification child never started"
+        time.sleep(1.0)  # into the comparison loop
+        assert all(_alive(k) for k in kids)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == (-sig if sig == signal.SIGKILL else 128 + sig)
+        deadline = time.monotonic() + 5
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(_alive(k) for k in kids), "the verification child outlived bnfold"
+        assert leftovers(work) == []  # no output, no staging folder, no work folder
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for k in kids:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
