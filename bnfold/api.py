@@ -142,7 +142,11 @@ def fold_file(
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"
         if verify is not None and report.changed:
-            verification = verify_with(src, staged.path, verify)
+            # the work folder goes into the staging folder: nothing is written outside the
+            # output's folder, and a child whose parent dies removes the staging folder too
+            verification = verify_with(
+                src, staged.path, verify, scratch_dir=staged.tmpdir, cleanup=(staged.tmpdir,)
+            )
             if verification.status == "failed":
                 status = "verification_failed"
             elif verification.status == "unverified":
@@ -160,9 +164,15 @@ def fold_file(
 
 
 def verify_with(
-    original: str | os.PathLike[str], candidate: str | os.PathLike[str], options: VerifyOptions
+    original: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    options: VerifyOptions,
+    *,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    cleanup: Sequence[str | os.PathLike[str]] = (),
 ) -> VerifyReport:
-    """``bnfold.verify`` with the settings held in ``options``."""
+    """``bnfold.verify`` with the settings held in ``options`` (``scratch_dir`` and ``cleanup``
+    as for ``verify``)."""
     return verification.verify(
         original,
         candidate,
@@ -174,6 +184,8 @@ def verify_with(
         atol=options.atol,
         output_tolerances=options.output_tolerances,
         timeout=options.timeout,
+        scratch_dir=scratch_dir,
+        cleanup=cleanup,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -716,6 +717,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     app(args=list(argv) if argv is not None else None, prog_name="bnfold")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: staging and temporary folders are removed on the way out, and
+    a verification child is killed (``subprocess.run`` kills it on any exception)."""
+    raise SystemExit(128 + signum)
+
+
 def entry() -> None:
     """The ``bnfold`` console script and ``python -m bnfold``: ``main``, then a fast exit.
 
@@ -724,6 +731,7 @@ def entry() -> None:
     the folded weights object by object, 10% of a run on a 100 MB model. So the streams are
     flushed and the process ends there (normally under a coverage tool, which writes at exit).
     """
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
         code: object = 0
