@@ -100,6 +100,17 @@ class FileFoldResult:
         }
 
 
+#: The exit code bnfold was told to stop with (SIGTERM), or None: see ``stop``.
+_stopped: int | None = None
+
+
+def stop(code: int) -> None:
+    """Make every later ``fold_file`` raise ``SystemExit(code)`` before it reads or writes
+    anything: a batch told to stop must not start its next model."""
+    global _stopped
+    _stopped = code
+
+
 def fold_file(
     path: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -119,6 +130,8 @@ def fold_file(
     External data is loaded and written back external beside the output. The input file is never
     modified unless ``in_place``.
     """
+    if _stopped is not None:
+        raise SystemExit(_stopped)
     src = Path(path)
     dst = src if in_place else Path(output) if output is not None else default_output(src)
     if write and not in_place and _same_file(src, dst):

@@ -376,3 +376,56 @@ def test_killed_bnfold_leaves_no_child_and_no_folders(work: Path, sig: signal.Si
         for k in kids:
             if _alive(k):
                 os.kill(k, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = _children(pid)
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
+def test_sigterm_stops_a_parallel_batch(work: Path) -> None:
+    """-j: the worker processes unwind and go, the batch does not run on to its other models."""
+    models = work / "models"
+    models.mkdir()
+    for i in range(4):
+        onnx.save(conv_bn(shape=[1, 3, 128, 128]), str(models / f"m{i}.onnx"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(work / "tmp")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnfold", "models", "-j", "2", "--samples", "100000"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    family: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            family = _descendants(proc.pid)
+            if (
+                sum(
+                    "_worker" in (Path("/proc") / str(p) / "cmdline").read_text()
+                    for p in family
+                    if _alive(p)
+                )
+                >= 2
+            ):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        family = _descendants(proc.pid)
+        assert len(family) >= 4, family  # two batch workers, each with its verification child
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(_alive(p) for p in family)
+        assert sorted(p.name for p in models.iterdir()) == [f"m{i}.onnx" for i in range(4)]
+        assert list((work / "tmp").iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in family:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
