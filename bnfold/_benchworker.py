@@ -182,6 +182,7 @@ def open_configs(request: dict[str, Any]) -> tuple[list[Config], list[dict[str, 
             feeds, shapes, _ = make_feeds(
                 specs, input_shapes={k: list(v) for k, v in shapes.items()}, seed=request["seed"]
             )
+            feed = next(iter(feeds))  # one sample, shared by this batch size's configurations
             for key, level in plan:
                 session, _, seconds = opened[key, level]
                 configs.append(
@@ -192,7 +193,7 @@ def open_configs(request: dict[str, Any]) -> tuple[list[Config], list[dict[str, 
                         batch if batch is not None else _batch_of(shapes),
                         session,
                         seconds,
-                        feeds[0],
+                        feed,
                         {k: list(v) for k, v in shapes.items()},
                     )
                 )

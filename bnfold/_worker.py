@@ -10,8 +10,12 @@ the request does not fit the models (bad --input-shape or --inputs).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -98,6 +102,60 @@ def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 # -- onnx.reference -----------------------------------------------------------------------------
 
 
+def _low_precision(dtype: np.dtype[Any]) -> bool:
+    """float16 and bfloat16: the dtypes whose arithmetic the reference evaluator must not do
+    step by step (see ``_in_float32``)."""
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def _in_float32(base: Any, name: str) -> type:
+    """``base`` (a reference-evaluator op) computing float16/bfloat16 inputs in float32 and
+    rounding each output once into the input dtype.
+
+    numpy, and ml_dtypes for bfloat16, round after every elementwise step: the reference Conv
+    rounds its product and again after adding the bias, Gemm after each of alpha, @, beta and
+    +. Every real kernel accumulates in float32 and rounds the result once; the step-by-step
+    rounding is noise of the evaluator, as large as the fold's own rounding and not in either
+    model, so it would be compared as if it were a difference between them.
+    """
+
+    def _run(self: Any, *inputs: Any, **attrs: Any) -> tuple[Any, ...]:
+        low = next(
+            (x.dtype for x in inputs if isinstance(x, np.ndarray) and _low_precision(x.dtype)),
+            None,
+        )
+        if low is None:
+            result: tuple[Any, ...] = base._run(self, *inputs, **attrs)
+            return result
+        up = [
+            x.astype(np.float32) if isinstance(x, np.ndarray) and x.dtype == low else x
+            for x in inputs
+        ]
+        return tuple(
+            r.astype(low) if isinstance(r, np.ndarray) and r.dtype == np.float32 else r
+            for r in base._run(self, *up, **attrs)
+        )
+
+    return type(name, (base,), {"op_domain": "", "_run": _run})
+
+
+def _reference_ops(opset: int) -> list[type]:
+    """bnfold's replacements for reference-evaluator ops at ``opset``: an inference-mode
+    BatchNormalization, and the layers BatchNormalization folds into computed in float32 for
+    float16/bfloat16."""
+    from onnx.reference.ops.op_conv import Conv
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose
+    from onnx.reference.ops.op_gemm import Gemm_6, Gemm_7
+    from onnx.reference.ops.op_matmul import MatMul
+
+    gemm = Gemm_6 if opset < 7 else Gemm_7
+    layers = [(Conv, "Conv"), (ConvTranspose, "ConvTranspose"), (gemm, "Gemm")]
+    return [
+        _in_float32(_batchnorm_op(), "BatchNormalization"),
+        *(_in_float32(base, name) for base, name in [*layers, (MatMul, "MatMul")]),
+    ]
+
+
 def _batchnorm_op() -> type:
     """BatchNormalization for the reference evaluator that honours inference mode.
 
@@ -154,7 +212,8 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 
     try:
         model = onnx.load(path)
-        evaluator = ReferenceEvaluator(model, new_ops=[_batchnorm_op()])
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        evaluator = ReferenceEvaluator(model, new_ops=_reference_ops(opset))
     except Exception as exc:  # the reference evaluator raises anything for unsupported models
         raise BackendError(_first_line(exc)) from None
     outputs = output_names(model)
@@ -194,6 +253,23 @@ def _same_interface(
         )
 
 
+def _compare_into(
+    merged: dict[str, OutputComparison],
+    outputs: Sequence[str],
+    got_a: dict[str, np.ndarray],
+    got_b: dict[str, np.ndarray],
+    request: dict[str, Any],
+) -> None:
+    """Compare one sample's outputs and merge them into ``merged`` (the worst over samples)."""
+    for name in outputs:
+        a, b = np.asarray(got_a[name]), np.asarray(got_b[name])
+        rtol, atol = tolerances_for(
+            name, str(a.dtype), request["rtol"], request["atol"], request["output_tolerances"]
+        )
+        c = compare_arrays(name, a, b, rtol, atol)
+        merged[name] = merge(merged[name], c) if name in merged else c
+
+
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
     load = ort_model if request["backend"] == "onnxruntime" else reference_model
     specs, outputs, run_a = load(request["original"])
@@ -215,13 +291,9 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
                 raise BackendError(f"{exc} [{'; '.join(notes)}]") from None
             raise
         got_b = dict(zip(outputs_b, run_b(feed), strict=True))
-        for name in outputs:
-            a, b = np.asarray(got_a[name]), np.asarray(got_b[name])
-            rtol, atol = tolerances_for(
-                name, str(a.dtype), request["rtol"], request["atol"], request["output_tolerances"]
-            )
-            c = compare_arrays(name, a, b, rtol, atol)
-            merged[name] = merge(merged[name], c) if name in merged else c
+        del feed  # one sample in memory: this one goes before the next is made
+        _compare_into(merged, outputs, got_a, got_b, request)
+        del got_a, got_b
     return {
         "status": "ok",
         "backend": request["backend"],
@@ -235,11 +307,27 @@ def main(argv: Sequence[str]) -> int:
     return serve(argv, run_request)
 
 
+#: The exit code when the result cannot be written (bnfold.verification.EXIT_NO_RESULT).
+EXIT_NO_RESULT = 75
+
+
 def serve(argv: Sequence[str], handle: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
     """Read the JSON request at argv[0], answer it with ``handle`` into the JSON file at argv[1];
-    what goes wrong becomes the answer (backend_error / user_error), never a traceback."""
+    what goes wrong becomes the answer (backend_error / user_error), never a traceback.
+
+    A result that cannot be written (a full disk) is said in one line on stderr, exit 75. Once
+    the request is read, a watcher thread ends this process when the parent dies (see
+    ``watch_parent``).
+    """
     request_path, result_path = argv
-    request = json.loads(Path(request_path).read_text())
+    try:
+        request = json.loads(Path(request_path).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"cannot read the request {request_path}: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    if request.get("parent_fd") is not None:
+        cleanup = [Path(request_path).parent, *map(Path, request.get("cleanup") or ())]
+        watch_parent(int(request["parent_fd"]), cleanup)
     try:
         result = handle(request)
     except BackendError as exc:
@@ -257,8 +345,35 @@ def serve(argv: Sequence[str], handle: Callable[[dict[str, Any]], dict[str, Any]
             "status": "backend_error",
             "message": f"{type(exc).__name__}: {_first_line(exc)} ({tb})",
         }
-    Path(result_path).write_text(json.dumps(result))
+    try:
+        Path(result_path).write_text(json.dumps(result))
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            Path(result_path).unlink()  # no half-written result for the parent to misread
+        print(exc.strerror or _first_line(exc), file=sys.stderr)
+        return EXIT_NO_RESULT
     return 0
+
+
+def watch_parent(fd: int, cleanup: Sequence[Path]) -> None:
+    """Exit this process, removing the folders in ``cleanup``, once the parent has died.
+
+    ``fd`` is the read end of a pipe whose write end only the parent holds, so reading it
+    blocks until the parent closes it or dies, however it dies (SIGKILL too). The read runs in a
+    daemon thread; onnxruntime and numpy release the GIL while they compute, so it gets to run.
+    """
+
+    def wait() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        for folder in cleanup:
+            shutil.rmtree(folder, ignore_errors=True)
+        os._exit(1)
+
+    threading.Thread(target=wait, name="bnfold-parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

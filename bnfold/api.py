@@ -60,6 +60,16 @@ class VerifyOptions:
     timeout: float | None = 600.0
     require_verified: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse unusable numbers when the options are made, before any model is read."""
+        verification.check_options(
+            samples=self.samples,
+            rtol=self.rtol,
+            atol=self.atol,
+            output_tolerances=self.output_tolerances,
+            timeout=self.timeout,
+        )
+
 
 #: What happened to one model file: written after a passing check, written with nothing folded,
 #: written unverified (nothing could run it), refused (check failed), or only inspected.
@@ -88,6 +98,17 @@ class FileFoldResult:
         }
 
 
+#: The exit code bnfold was told to stop with (SIGTERM), or None: see ``stop``.
+_stopped: int | None = None
+
+
+def stop(code: int) -> None:
+    """Make every later ``fold_file`` raise ``SystemExit(code)`` before it reads or writes
+    anything: a batch told to stop must not start its next model."""
+    global _stopped
+    _stopped = code
+
+
 def fold_file(
     path: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -107,6 +128,8 @@ def fold_file(
     External data is loaded and written back external beside the output. The input file is never
     modified unless ``in_place``.
     """
+    if _stopped is not None:
+        raise SystemExit(_stopped)
     src = Path(path)
     dst = src if in_place else Path(output) if output is not None else default_output(src)
     if write and not in_place and _same_file(src, dst):
@@ -133,7 +156,11 @@ def fold_file(
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"
         if verify is not None and report.changed:
-            verification = verify_with(src, staged.path, verify)
+            # the work folder goes into the staging folder: nothing is written outside the
+            # output's folder, and a child whose parent dies removes the staging folder too
+            verification = verify_with(
+                src, staged.path, verify, scratch_dir=staged.tmpdir, cleanup=(staged.tmpdir,)
+            )
             if verification.status == "failed":
                 status = "verification_failed"
             elif verification.status == "unverified":
@@ -151,9 +178,15 @@ def fold_file(
 
 
 def verify_with(
-    original: str | os.PathLike[str], candidate: str | os.PathLike[str], options: VerifyOptions
+    original: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    options: VerifyOptions,
+    *,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    cleanup: Sequence[str | os.PathLike[str]] = (),
 ) -> VerifyReport:
-    """``bnfold.verify`` with the settings held in ``options``."""
+    """``bnfold.verify`` with the settings held in ``options`` (``scratch_dir`` and ``cleanup``
+    as for ``verify``)."""
     return verification.verify(
         original,
         candidate,
@@ -165,6 +198,8 @@ def verify_with(
         atol=options.atol,
         output_tolerances=options.output_tolerances,
         timeout=options.timeout,
+        scratch_dir=scratch_dir,
+        cleanup=cleanup,
     )
 
 

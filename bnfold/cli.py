@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -661,6 +662,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     app(args=list(argv) if argv is not None else None, prog_name="bnfold")
 
 
+#: The process that installed the SIGTERM handler; a forked batch worker (-j) inherits it.
+_MAIN_PID = os.getpid()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: staging and temporary folders are removed on the way out, and
+    a verification child is killed (``subprocess.run`` kills it on any exception).
+
+    With -j the batch's worker processes (forked, with this handler) are told too: each unwinds
+    the model it is on, and ``fold_file`` starts no other, so the batch ends at once.
+    """
+    from bnfold import api
+
+    api.stop(128 + signum)
+    if os.getpid() == _MAIN_PID:
+        import multiprocessing
+
+        for pid in [p.pid for p in multiprocessing.active_children() if p.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+    raise SystemExit(128 + signum)
+
+
 def entry() -> None:
     """The ``bnfold`` console script and ``python -m bnfold``: ``main``, then a fast exit.
 
@@ -669,6 +693,9 @@ def entry() -> None:
     the folded weights object by object, 10% of a run on a 100 MB model. So the streams are
     flushed and the process ends there (normally under a coverage tool, which writes at exit).
     """
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
         code: object = 0

@@ -8,7 +8,8 @@ Symbolic or unknown dimensions come from ``input_shapes`` or, by default, are 1 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -206,30 +207,61 @@ def make_feeds(
     inputs: str | os.PathLike[str] | None = None,
     samples: int = 1,
     seed: int = 0,
-) -> tuple[list[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
+) -> tuple[Iterator[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
     """Feeds for ``samples`` runs, the shapes used, and notes on defaults.
 
-    With ``inputs`` (an .npz keyed by input name) the user's arrays are the one sample.
+    The feeds are made one at a time as they are iterated (same random stream, in the same
+    order, as making them all at once), so memory holds one sample however many are asked for;
+    shapes are checked before this returns. With ``inputs`` (an .npz keyed by input name) the
+    user's arrays are the one sample.
     """
     if inputs is not None:
         feed = load_npz(specs, Path(inputs))
-        return [feed], {k: tuple(v.shape) for k, v in feed.items()}, []
+        return iter([feed]), {k: tuple(v.shape) for k, v in feed.items()}, []
     shapes, notes = resolve_shapes(specs, input_shapes)
+    return _random_feeds(specs, shapes, samples, seed), shapes, notes
+
+
+def _random_feeds(
+    specs: Sequence[InputSpec], shapes: dict[str, tuple[int, ...]], samples: int, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    feeds = [
-        {s.name: random_array(rng, s.elem_type, shapes[s.name]) for s in specs}
-        for _ in range(samples)
-    ]
-    return feeds, shapes, notes
+    for _ in range(samples):
+        # yielded unnamed: the generator keeps no reference to a sample once it is handed out
+        yield {s.name: random_array(rng, s.elem_type, shapes[s.name]) for s in specs}
+
+
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``; ``UsageError`` when it is not a readable .npz.
+
+    The file is opened without blocking and must be a regular file, so a FIFO or a device
+    named by mistake is refused instead of waited on. All arrays are read, so a truncated or
+    corrupt archive (bad CRC) is found here, not when a model runs on it.
+    """
+    hint = "expected an .npz of arrays keyed by input name, as numpy.savez writes"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open it ({exc.strerror or exc})", hint=hint) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{path}: not a regular file", hint=hint)
+    with open(fd, "rb") as file:
+        try:
+            data = np.load(file, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single array (.npy), not an .npz archive")
+            with data:
+                return {k: data[k] for k in data.files}
+        except Exception as exc:  # zipfile, numpy and the OS raise many kinds for a bad file
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            raise UsageError(f"{path}: cannot read it as .npz ({why})", hint=hint) from None
 
 
 def load_npz(specs: Sequence[InputSpec], path: Path) -> dict[str, np.ndarray]:
     """The user's arrays, checked against the model's inputs (names, dtypes, fixed dims)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--inputs {path}: cannot read it as .npz ({exc})") from None
+    arrays = read_npz(path)
     names = {s.name for s in specs}
     missing = sorted(names - arrays.keys())
     extra = sorted(arrays.keys() - names)

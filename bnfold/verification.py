@@ -9,21 +9,24 @@ result is "unverified" with the reason. This process never imports onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import numbers
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from bnfold.errors import InputError, UsageError
+from bnfold.errors import InputError, OutputError, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -151,6 +154,12 @@ def dtype_name(array: np.ndarray) -> str:
     return str(array.dtype)
 
 
+def is_float(dtype: np.dtype[Any]) -> bool:
+    """True for numpy's floats and complex numbers and ml_dtypes' (bfloat16, float8...), whose
+    numpy kind is "V": they get the float tolerances and the output-range scale, not equality."""
+    return dtype.kind in "fc" or (dtype.kind == "V" and dtype.name.startswith(("bfloat", "float")))
+
+
 def compare_arrays(
     name: str, original: np.ndarray, candidate: np.ndarray, rtol: float, atol: float
 ) -> OutputComparison:
@@ -185,7 +194,7 @@ def compare_arrays(
     mag = np.abs(np.where(nan_ref, 0.0, ref))
     finite = mag[np.isfinite(mag)]
     scale = max(1.0, float(finite.max())) if finite.size else 1.0
-    if original.dtype.kind not in "fc":
+    if not is_float(original.dtype):
         scale = 1.0  # integers and bools: exact
     allowed = atol * scale + rtol * mag
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -265,29 +274,33 @@ def verify(
     atol: float | None = None,
     output_tolerances: Mapping[str, tuple[float | None, float | None]] | None = None,
     timeout: float | None = 600.0,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    cleanup: Sequence[str | os.PathLike[str]] = (),
 ) -> VerifyReport:
     """Run ``original`` and ``folded`` on the same inputs and compare every output.
 
     Paths are preferred (no re-serialization; external data is found beside the file). Inputs are
     seeded random data (see ``bnfold.inputs``) or the arrays in the ``inputs`` .npz. Raises
-    ``UsageError`` when the models' inputs/outputs differ or the input options do not fit them;
-    everything that goes wrong while running them is reported, not raised.
+    ``UsageError`` when the models' inputs/outputs differ or the input options do not fit them,
+    ``OutputError`` when the temporary folder cannot be written; everything that goes wrong while
+    running them is reported, not raised.
+
+    The temporary work folder is made in ``scratch_dir`` (default: TMPDIR). Should this process
+    die, the child removes its work folder and the folders in ``cleanup`` (fold_file's staging
+    folder) and exits.
     """
-    if samples < 1:
-        raise UsageError("--samples must be at least 1")
-    if output_tolerances:
-        for name, tol in output_tolerances.items():
-            if any(t is not None and (t < 0 or not math.isfinite(t)) for t in tol):
-                raise UsageError(f"tolerances for output '{name}' must be finite and >= 0")
-    for label, value in (("--rtol", rtol), ("--atol", atol)):
-        if value is not None and (value < 0 or not math.isfinite(value)):
-            raise UsageError(f"{label} must be a finite number >= 0")
+    limit = check_options(
+        samples=samples, rtol=rtol, atol=atol, output_tolerances=output_tolerances, timeout=timeout
+    )
+    if inputs is not None:
+        from bnfold.inputs import read_npz
+
+        read_npz(inputs)  # here, before any child: a bad file is a usage error, not "unverified"
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bnfold-verify-") as tmp:
-        work = Path(tmp)
+    with _work_folder("bnfold-verify-", scratch_dir) as work:
         request = {
-            "original": str(_as_path(original, work / "original.onnx")),
-            "candidate": str(_as_path(folded, work / "candidate.onnx")),
+            "original": str(_as_path(original, work / "original.onnx", work)),
+            "candidate": str(_as_path(folded, work / "candidate.onnx", work)),
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "inputs": str(inputs) if inputs is not None else None,
             "samples": samples,
@@ -295,11 +308,12 @@ def verify(
             "rtol": rtol,
             "atol": atol,
             "output_tolerances": {k: list(v) for k, v in (output_tolerances or {}).items()},
+            "cleanup": [str(p) for p in cleanup],
         }
         notes: list[str] = []
         failures: list[str] = []
         for backend in BACKENDS:
-            result = _run_worker({**request, "backend": backend}, work, timeout)
+            result = _run_worker({**request, "backend": backend}, work, limit)
             kind = result["status"]
             if kind == "ok":
                 return _report(result, samples, seed, notes, time.perf_counter() - start)
@@ -324,18 +338,78 @@ def verify(
     )
 
 
-def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path) -> Path:
+def check_options(
+    *,
+    samples: int = 1,
+    rtol: float | None = None,
+    atol: float | None = None,
+    output_tolerances: Mapping[str, Sequence[float | None]] | None = None,
+    timeout: float | None = None,
+) -> float | None:
+    """Refuse (``UsageError``) option values no verification can use; returns the timeout to
+    apply: None (no limit) for None or inf, else seconds, which must be > 0 (NaN is refused)."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+        raise UsageError(f"samples must be a whole number >= 1, not {samples!r}")
+    if output_tolerances:
+        for name, tol in output_tolerances.items():
+            if any(t is not None and (t < 0 or not math.isfinite(t)) for t in tol):
+                raise UsageError(f"tolerances for output '{name}' must be finite and >= 0")
+    for label, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None and (value < 0 or not math.isfinite(value)):
+            raise UsageError(f"{label} must be a finite number >= 0, not {value!r}")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
+    if math.isnan(timeout) or timeout <= 0:
+        raise UsageError(
+            f"timeout must be a number of seconds > 0, not {timeout!r}",
+            hint="inf means no limit",
+        )
+    return None if math.isinf(timeout) else float(timeout)
+
+
+@contextlib.contextmanager
+def _work_folder(prefix: str, scratch_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """A temporary folder in ``scratch_dir`` (default TMPDIR), removed on exit."""
+    try:
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=scratch_dir)
+    except OSError as exc:
+        where = scratch_dir if scratch_dir is not None else tempfile.gettempdir()
+        raise temp_folder_error(Path(where), exc) from None
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temp_folder_error(folder: Path, exc: OSError | str) -> OutputError:
+    """The one-line error for a temporary folder that cannot be written (full, read-only)."""
+    reason = exc if isinstance(exc, str) else exc.strerror or str(exc)
+    if folder.name.startswith(".bnfold-"):  # fold_file's staging folder: name the output's
+        folder = folder.parent
+    in_tmpdir = folder == Path(tempfile.gettempdir())
+    return OutputError(
+        f"cannot write the temporary folder in {folder} ({reason})",
+        hint="free space there" + (", or set TMPDIR to another folder" if in_tmpdir else ""),
+    )
+
+
+def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work: Path) -> Path:
     import onnx
 
     if isinstance(model, onnx.ModelProto):
         large = model.ByteSize() > 2**31 - 1
-        onnx.save_model(
-            model,
-            str(spill),
-            save_as_external_data=large,
-            all_tensors_to_one_file=True,
-            location=spill.name + ".data",
-        )
+        try:
+            onnx.save_model(
+                model,
+                str(spill),
+                save_as_external_data=large,
+                all_tensors_to_one_file=True,
+                location=spill.name + ".data",
+            )
+        except OSError as exc:
+            raise temp_folder_error(work.parent, exc) from None
         return spill
     path = Path(model)
     if not path.is_file():
@@ -347,27 +421,59 @@ def _run_worker(request: dict[str, Any], work: Path, timeout: float | None) -> d
     return run_child("bnfold._worker", request, work, timeout, tag=request["backend"])
 
 
+#: The exit code of a child that could not write its result (EX_TEMPFAIL of sysexits.h).
+EXIT_NO_RESULT = 75
+
+
 def run_child(
     module: str, request: dict[str, Any], work: Path, timeout: float | None, *, tag: str = ""
 ) -> dict[str, Any]:
     """Run ``python -m module REQUEST RESULT`` on a JSON request; a crash or timeout of the child
-    becomes a result ({"status": "crash" | "timeout", "message": ...}), not an error here."""
+    becomes a result ({"status": "crash" | "timeout", "message": ...}), not an error here.
+
+    The child gets the read end of a pipe whose write end only this process holds: when this
+    process dies, however (SIGKILL included), the child sees end-of-file, removes ``work`` and
+    the request's "cleanup" folders, and exits (see ``bnfold._worker.serve``). Its TMPDIR is
+    ``work``, so whatever onnxruntime leaves there goes too. A request or result that cannot be
+    written in ``work`` is an ``OutputError``.
+    """
     req = work / f"request-{tag}.json"
     res = work / f"result-{tag}.json"
-    req.write_text(json.dumps(request))
+    if timeout is not None and math.isinf(timeout):
+        timeout = None
+    read_end, write_end = os.pipe()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", module, str(req), str(res)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout", "message": f"timed out after {timeout:g} s (--timeout)"}
-    if res.is_file():
-        result: dict[str, Any] = json.loads(res.read_text())
-        return result
+        try:
+            req.write_text(json.dumps({**request, "parent_fd": read_end}))
+        except OSError as exc:
+            raise temp_folder_error(work.parent, exc) from None
+        env = {**os.environ, "TMPDIR": str(work), "TMP": str(work), "TEMP": str(work)}
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", module, str(req), str(res)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                pass_fds=(read_end,),
+                env=env,
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": "timeout", "message": f"timed out after {timeout:g} s (--timeout)"}
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     last = (proc.stderr.strip().splitlines() or [""])[-1][:300]
+    if proc.returncode == EXIT_NO_RESULT:
+        raise temp_folder_error(work.parent, last or "the result could not be written")
+    try:
+        result = json.loads(res.read_text())
+        if isinstance(result, dict) and isinstance(result.get("status"), str):
+            return result
+        last = "its result is not a result document"
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:  # truncated or unreadable: the child did not finish it
+        last = f"its result cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
     if proc.returncode < 0:
         how = f"crashed with signal {-proc.returncode}"
     else:

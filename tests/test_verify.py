@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -223,6 +225,64 @@ def test_reference_batchnorm_uses_running_statistics() -> None:
     report = verify(original, fold_model(original).model, input_shapes={"x": [2, 3, 8, 8]})
     assert report.backend == "onnx.reference"
     assert report.passed, report.outputs[0]
+
+
+def trained_conv_bn(dtype: Any, channels: int = 16) -> onnx.ModelProto:
+    """Conv -> BN with trained statistics (variances 1e-3..10): outputs in the hundreds."""
+    rng = np.random.default_rng(7)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    w = (rng.normal(0, 1, (channels, 8, 3, 3)) / np.sqrt(72)).astype(dtype)
+    b: np.ndarray = rng.normal(0, 0.1, channels).astype(dtype)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        bn_node("c", "y", "bn"),
+    ]
+    inits = [
+        tensor("w", w),
+        tensor("b", b),
+        *bn_initializers("bn", bn_params(rng, channels, dtype)),
+    ]
+    return make_model(nodes, [vinfo("x", elem, [1, 8, 16, 16])], [vinfo("y", elem, None)], inits)
+
+
+def test_bfloat16_conv_bn_verifies_through_reference() -> None:
+    """onnxruntime has no bfloat16 Conv on CPU: onnx.reference runs both. bfloat16 outputs get
+    the float criterion (atol follows the output's range), not integer equality of scale 1."""
+    original = trained_conv_bn(ml_dtypes.bfloat16)
+    folded = fold_model(original).model
+    report = verify(original, folded, samples=2)
+    (out,) = report.outputs
+    assert report.backend == "onnx.reference"
+    assert report.passed, out
+    assert out.dtype == "bfloat16" and out.scale > 50 and out.error_ratio < 0.5
+
+
+def _bias_up(a: np.ndarray) -> None:
+    a[1] += 0.5  # visible in bfloat16, where 1e-3 rounds away
+
+
+@pytest.mark.parametrize(
+    ("rank", "change"),
+    [(4, _scale_channel), (4, _flip_channel), (1, _bias_up)],
+    ids=["weights-1.5x", "sign-flipped", "bias-off-0.5"],
+)
+def test_wrong_bfloat16_fold_fails(rank: int, change: object) -> None:
+    original = conv_bn(ml_dtypes.bfloat16)
+    report = verify(original, tamper(fold_model(original).model, rank, change))
+    assert report.backend == "onnx.reference"
+    assert report.status == "failed"
+    (out,) = report.outputs
+    assert out.mismatched > 0 and out.error_ratio > 1
+
+
+def test_compare_bfloat16_is_a_float() -> None:
+    bf16 = ml_dtypes.bfloat16
+    ref = np.array([300.0, 0.0, -2.0], bf16)
+    near = np.array([302.0, 0.5, -2.0], bf16)  # one bfloat16 ULP at 300; 0.5 <= 0.01 * 300
+    c = compare_arrays("o", ref, near, 5e-2, 1e-2)
+    assert c.scale == 300.0 and c.passed and c.dtype == "bfloat16"
+    far = np.array([300.0, 4.0, -2.0], bf16)
+    assert not compare_arrays("o", ref, far, 5e-2, 1e-2).passed
 
 
 def crashing_model() -> onnx.ModelProto:
