@@ -273,6 +273,7 @@ class FoldEngine:
                 producer_node=producer.name or producer.output[0],
                 through=tuple(n.op_type for n in reversed(chain.through)) if chain else (),
                 op=node.op_type,
+                input=x,
             )
 
         try:
