@@ -260,14 +260,17 @@ def run_tasks(
     force: bool = False,
     in_place: bool = False,
     jobs: int = 1,
-    on_done: Callable[[Outcome], None] | None = None,
+    on_done: Callable[[int, Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Run every task (``jobs`` processes in parallel); outcomes come back in task order."""
+    """Run every task (``jobs`` processes in parallel); outcomes come back in task order.
+
+    ``on_done(index, outcome)`` is called as each task finishes (tasks start in order).
+    """
     outcomes: dict[int, Outcome] = {}
     for i, outcome in _execute(tasks, mode, verify, force, in_place, jobs):
         outcomes[i] = outcome
         if on_done is not None:
-            on_done(outcome)
+            on_done(i, outcome)
     return [outcomes[i] for i in range(len(tasks))]
 
 

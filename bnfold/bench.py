@@ -15,11 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bnfold._defaults import DEFAULT_ITERATIONS, DEFAULT_WARMUP
 from bnfold.errors import InputError, UsageError
 from bnfold.report import FoldReport
-
-DEFAULT_ITERATIONS = 50
-DEFAULT_WARMUP = 5
 
 
 @dataclass(frozen=True)
