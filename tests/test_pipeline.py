@@ -401,3 +401,17 @@ def test_api_errors_do_not_name_command_line_flags(unfolded: Path, tmp_path: Pat
 def test_cli_modules_are_small() -> None:
     sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "bnfold").glob("cli*.py")}
     assert len(sizes) >= 6 and max(sizes.values()) <= 300, sizes
+
+
+def test_readme_documents_exit_4_and_the_gpu_install() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"^\| 4 \| written but \*\*unverified\*\*", readme, re.M)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    line = next(x for x in readme.splitlines() if x.startswith("pip install --no-deps . && "))
+    named = shlex.split(line.split("&&", 1)[1])[2:]
+    assert sorted(named) == sorted(d for d in deps if not d.startswith("onnxruntime"))
+    assert (ROOT / "action.yml").is_file() and "bnfold check --json" in (
+        ROOT / "action.yml"
+    ).read_text()
