@@ -1,6 +1,7 @@
 """bnfold: fold BatchNormalization into the layer before it, and prove the model is unchanged.
 
-Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark`` and the result types.
+Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark``, the option types they take
+(``VerifyOptions``, ``FoldRule``/``DEFAULT_RULES``) and the result types.
 Names are imported on first use, so that ``import bnfold`` (and the verification child process,
 which needs neither the fold engine nor onnx) stays cheap; onnxruntime is only ever imported in
 a child process. The verification code lives in ``bnfold.verification`` so that
@@ -19,15 +20,19 @@ _EXPORTS = {
     "BNDecision": "bnfold.report",
     "BenchReport": "bnfold.bench",
     "BnfoldError": "bnfold.errors",
+    "DEFAULT_RULES": "bnfold.rules",
+    "FileStatus": "bnfold.api",
     "FileFoldResult": "bnfold.api",
     "FoldReport": "bnfold.report",
     "FoldResult": "bnfold.report",
+    "FoldRule": "bnfold.rules",
     "InputError": "bnfold.errors",
     "OutputComparison": "bnfold.verification",
     "OutputError": "bnfold.errors",
     "Reason": "bnfold.rules",
     "UsageError": "bnfold.errors",
     "VerificationFailed": "bnfold.errors",
+    "VerifyOptions": "bnfold.api",
     "VerifyReport": "bnfold.verification",
     "benchmark": "bnfold.bench",
     "default_output": "bnfold.api",
@@ -37,18 +42,22 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DEFAULT_RULES",
     "BNDecision",
     "BenchReport",
     "BnfoldError",
     "FileFoldResult",
+    "FileStatus",
     "FoldReport",
     "FoldResult",
+    "FoldRule",
     "InputError",
     "OutputComparison",
     "OutputError",
     "Reason",
     "UsageError",
     "VerificationFailed",
+    "VerifyOptions",
     "VerifyReport",
     "__version__",
     "benchmark",
@@ -59,7 +68,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from bnfold.api import FileFoldResult, default_output, fold_file, fold_model
+    from bnfold.api import (
+        FileFoldResult,
+        FileStatus,
+        VerifyOptions,
+        default_output,
+        fold_file,
+        fold_model,
+    )
     from bnfold.bench import BenchReport, benchmark
     from bnfold.errors import (
         BnfoldError,
@@ -69,7 +85,7 @@ if TYPE_CHECKING:
         VerificationFailed,
     )
     from bnfold.report import BNDecision, FoldReport, FoldResult
-    from bnfold.rules import Reason
+    from bnfold.rules import DEFAULT_RULES, FoldRule, Reason
     from bnfold.verification import OutputComparison, VerifyReport, verify
 
 

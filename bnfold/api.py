@@ -18,7 +18,7 @@ from bnfold.verification import VerifyReport
 
 
 def fold_model(
-    model: proto.ModelProto,
+    model: proto.ModelProto | str | os.PathLike[str],
     *,
     inplace: bool = False,
     rules: Sequence[FoldRule] = DEFAULT_RULES,
@@ -26,10 +26,20 @@ def fold_model(
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of ``model`` into the layer before it.
 
-    Tensors left in external data files are read from ``base_dir`` (the model file's folder)
-    when a fold needs them; folded tensors are then held in the model. Unless ``inplace``, the
-    given model is left untouched and a folded copy is returned.
+    ``model`` is a ModelProto or the path of a model file (read with its external data; the
+    file is not changed). Tensors left in external data files are read from ``base_dir`` (the
+    model file's folder) when a fold needs them; folded tensors are then held in the model.
+    Unless ``inplace``, a given ModelProto is left untouched and a folded copy is returned.
     """
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        model, _ = read_model(path, load_external_data=True, lazy=False)
+        base_dir = path.parent if base_dir is None else base_dir
+        inplace = True  # the model was read for this call: nobody else holds it
+    elif not isinstance(model, proto.ModelProto):
+        raise TypeError(
+            f"fold_model() takes an onnx.ModelProto or a path, not {type(model).__name__}"
+        )
     if not inplace:
         copy = proto.ModelProto()
         copy.CopyFrom(model)
@@ -135,7 +145,7 @@ def fold_file(
     if write and not in_place and _same_file(src, dst):
         raise UsageError(
             f"{dst}: output would overwrite the input",
-            hint="choose another -o/--output, or pass --in-place",
+            hint="choose another output, or fold in place",
         )
     # Weights stay on disk (inline or external): folds read what they change, the writer copies
     # the rest from file to file.
@@ -148,6 +158,8 @@ def fold_file(
     report = engine.run()
     if not write:
         return FileFoldResult(input=src, output=None, report=report, status="inspected")
+    if in_place and not report.changed:  # same bytes, same mtime: build tools see no change
+        return FileFoldResult(input=src, output=dst, report=report, status="unchanged")
     staging = stage_model(
         model, dst, external_data=external or None, source_dir=src.parent, held=engine.held
     )
@@ -209,7 +221,7 @@ def _refusal(result: FileFoldResult) -> str:
     if report.status == "unverified":
         return (
             f"{result.input}: the folded model could not be verified ({report.reason}); "
-            "not written because --require-verified was given"
+            "not written because verification was required"
         )
     worst = report.worst(1)
     detail = ""
@@ -233,10 +245,10 @@ def _check_not_an_input(src: Path, dst: Path, locations: Sequence[str]) -> None:
             if _same_file(used, out):
                 raise UsageError(
                     f"{out}: would overwrite {used}, the external data of the input {src}",
-                    hint="choose another -o/--output",
+                    hint="choose another output",
                 )
     if _same_file(src, data):
-        raise UsageError(f"{data}: would overwrite the input", hint="choose another -o/--output")
+        raise UsageError(f"{data}: would overwrite the input", hint="choose another output")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -16,7 +16,10 @@ from typing import Any, Literal
 from bnfold.api import FileFoldResult, VerifyOptions, default_output, fold_file
 from bnfold.errors import (
     EXIT_FAILED,
+    EXIT_INPUT,
     EXIT_OK,
+    EXIT_UNVERIFIED,
+    EXIT_USAGE,
     BnfoldError,
     InputError,
     OutputError,
@@ -26,7 +29,8 @@ from bnfold.errors import (
 
 Mode = Literal["fold", "inspect", "check"]
 
-#: File suffix of bnfold's own outputs; folder scans skip them so a second run does not refold.
+#: File suffix of bnfold's own outputs; a folder scan for ``fold`` skips them so that a second
+#: run does not refold, ``inspect`` and ``check`` look at them like at any model.
 FOLDED_SUFFIX = ".folded.onnx"
 
 
@@ -101,7 +105,7 @@ def collect_tasks(
                 p
                 for p in arg.rglob("*.onnx")
                 if p.is_file()
-                and not p.name.endswith(FOLDED_SUFFIX)
+                and not (write and p.name.endswith(FOLDED_SUFFIX))
                 and ".bnfold-" not in str(p)
                 and not _inside(p, skip)
             )
@@ -209,7 +213,7 @@ def run_task(
             status,
             exc.exit_code,
             exc.result,
-            str(exc),
+            exc.cli_message,
             "VerificationFailed",
         )
     except BnfoldError as exc:
@@ -218,12 +222,12 @@ def run_task(
             "error",
             exc.exit_code,
             None,
-            str(exc),
+            exc.cli_message,
             type(exc).__name__,
             traceback.format_exc(),
         )
     if mode == "check":
-        foldable = result.report.folded > 0
+        foldable = bool(result.report.gated())
         return Outcome(
             task.input, "foldable" if foldable else "clean", EXIT_FAILED if foldable else 0, result
         )
@@ -231,7 +235,8 @@ def run_task(
     refused = result.status == "verification_failed" or (
         result.status == "unverified" and verify is not None and verify.require_verified
     )
-    return Outcome(task.input, result.status, EXIT_FAILED if refused else EXIT_OK, result)
+    code = EXIT_FAILED if refused else EXIT_UNVERIFIED if result.status == "unverified" else 0
+    return Outcome(task.input, result.status, code, result)
 
 
 def _ensure_folder(task: Task) -> None:
@@ -255,14 +260,17 @@ def run_tasks(
     force: bool = False,
     in_place: bool = False,
     jobs: int = 1,
-    on_done: Callable[[Outcome], None] | None = None,
+    on_done: Callable[[int, Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Run every task (``jobs`` processes in parallel); outcomes come back in task order."""
+    """Run every task (``jobs`` processes in parallel); outcomes come back in task order.
+
+    ``on_done(index, outcome)`` is called as each task finishes (tasks start in order).
+    """
     outcomes: dict[int, Outcome] = {}
     for i, outcome in _execute(tasks, mode, verify, force, in_place, jobs):
         outcomes[i] = outcome
         if on_done is not None:
-            on_done(outcome)
+            on_done(i, outcome)
     return [outcomes[i] for i in range(len(tasks))]
 
 
@@ -289,6 +297,11 @@ def _execute(
             yield futures[future], future.result()
 
 
+#: How bad each exit code is, for a batch: unusable input, usage, failed, unverified, ok.
+_SEVERITY = (EXIT_OK, EXIT_UNVERIFIED, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT)
+
+
 def exit_code(outcomes: Sequence[Outcome]) -> int:
-    """The batch's exit code: the worst of its models' (3 unusable input > 1 failed > 0)."""
-    return max((o.exit_code for o in outcomes), default=EXIT_OK)
+    """The batch's exit code: the worst of its models' (3 unusable input > 1 failed >
+    4 written unverified > 0)."""
+    return max((o.exit_code for o in outcomes), key=_SEVERITY.index, default=EXIT_OK)

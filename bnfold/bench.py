@@ -20,17 +20,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bnfold._defaults import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_LEVELS,
+    DEFAULT_MAX_SECONDS,
+    DEFAULT_MAX_SLOWDOWN,
+    DEFAULT_PROVIDERS,
+    DEFAULT_TARGET_CI,
+    DEFAULT_WARMUP,
+)
 from bnfold.benchstats import ratio_ci, ratio_of_intervals
 from bnfold.errors import InputError, UsageError
 from bnfold.report import FoldReport
-
-DEFAULT_ITERATIONS = 20  # minimum rounds
-DEFAULT_WARMUP = 5
-DEFAULT_MAX_SECONDS = 10.0
-DEFAULT_TARGET_CI = 0.02
-DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
-DEFAULT_LEVELS = ("disable_all", "basic")
-DEFAULT_MAX_SLOWDOWN = 0.05
 
 #: what a user may type for a level -> the name in reports
 LEVELS = {

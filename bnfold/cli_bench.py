@@ -1,6 +1,6 @@
 """``bnfold bench``: parse its options, call ``bnfold.benchmark`` per model, render the results.
 
-Registered on the ``app`` of ``bnfold.cli`` (imported at the bottom of that module). One model
+Registered on the ``app`` of ``bnfold.cli`` by ``register``. One model
 that onnxruntime cannot run does not stop the others (it ends the command with exit 3); a bad
 option stops everything (exit 2); with ``--baseline`` a folded model that got slower beyond the
 noise exits 1.
@@ -14,36 +14,32 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from bnfold import __version__
-from bnfold.bench import (
+from bnfold._defaults import (
     DEFAULT_ITERATIONS,
     DEFAULT_MAX_SECONDS,
     DEFAULT_MAX_SLOWDOWN,
     DEFAULT_TARGET_CI,
     DEFAULT_WARMUP,
 )
-from bnfold.cli import (
-    DEBUG_OPT,
-    JSON_OPT,
-    MODELS_ARG,
-    QUIET_OPT,
-    SEED_OPT,
-    SHAPE_OPT,
-    _input_shapes,
-    _table,
-    _Ui,
-    app,
-    escape,
-)
+from bnfold.cli_bench_render import baseline_table, render
+from bnfold.cli_fold import MODELS_ARG
+from bnfold.cli_options import SEED_OPT, SHAPE_OPT, OutputGroup
+from bnfold.cli_options import input_shapes as _input_shapes
+from bnfold.cli_ui import Ui, escape
+from bnfold.documents import header
 from bnfold.errors import EXIT_FAILED, EXIT_OK, BnfoldError, InputError, UsageError
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from bnfold.bench import BenchReport
 
-    from bnfold.bench import BaselineComparison, BenchReport, Change
+JSON_OPT, QUIET_OPT, DEBUG_OPT = (p.default for p in OutputGroup.params)
 
 
-@app.command("bench")
+def register(parent: typer.Typer) -> None:
+    """Add ``bench`` to ``parent``."""
+    parent.command("bench")(bench_cmd)
+
+
 def bench_cmd(
     models: list[Path] = MODELS_ARG,
     folded: Path | None = typer.Option(
@@ -131,7 +127,7 @@ def bench_cmd(
     )
     from bnfold.bench import plot as draw
 
-    ui = _Ui(quiet=quiet, debug=debug)
+    ui = Ui(as_json=as_json, quiet=quiet, debug=debug)
     try:
         if plot is not None:
             check_plot_available()
@@ -165,13 +161,13 @@ def bench_cmd(
                 with ui.status(f"benchmarking {path}{where}"):
                     report = benchmark(path, folded, **options)
             except InputError as exc:
-                ui.error(str(exc))
+                ui.error(exc.cli_message)
                 errors.append((path, exc))
                 entries.append(_error_entry(path, exc))
                 continue
             reports.append(report)
             entries.append({**report.to_dict(), "error": None})
-            _render(ui, report)
+            render(ui, report)
         comparison = None
         if base_doc is not None:
             comparison = compare_baseline(
@@ -183,7 +179,7 @@ def bench_cmd(
         raise _stopped(ui, exc, as_json) from None
     code = max([e.exit_code for _, e in errors], default=EXIT_OK)
     if comparison is not None:
-        ui.show(lambda: _baseline_table(comparison))
+        ui.show(lambda: baseline_table(comparison))
         if comparison.regressed:
             code = max(code, EXIT_FAILED)
             how = " relative to the original" if relative else ""
@@ -201,12 +197,10 @@ def bench_cmd(
                 "from the baseline's; --relative judges the folded model against it instead"
             )
     if as_json:
-        ui.emit_json(
+        ui.emit(
             _finite(
                 {
-                    "bnfold": __version__,
-                    "command": "bench",
-                    "exit_code": code,
+                    **header("bench", code),
                     "models": [str(p) for p in paths],
                     "plot": str(plot) if plot and reports else None,
                     "error": entries_error(errors),
@@ -231,16 +225,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _stopped(ui: _Ui, exc: BnfoldError, as_json: bool) -> typer.Exit:
+def _stopped(ui: Ui, exc: BnfoldError, as_json: bool) -> typer.Exit:
     """A bad option or baseline stops the whole command: one line, and the document if asked."""
-    ui.error(str(exc))
+    ui.error(exc.cli_message)
     if as_json:
-        ui.emit_json(
+        ui.emit(
             {
-                "bnfold": __version__,
-                "command": "bench",
-                "exit_code": exc.exit_code,
-                "error": {"type": type(exc).__name__, "message": str(exc)},
+                **header("bench", exc.exit_code),
+                "error": {"type": type(exc).__name__, "message": exc.cli_message},
                 "summary": None,
                 "models": [],
                 "benches": [],
@@ -267,111 +259,3 @@ def entries_error(errors: list[tuple[Path, BnfoldError]]) -> dict[str, str] | No
         return None
     path, exc = errors[0]
     return {"type": type(exc).__name__, "message": str(exc), "model": str(path)}
-
-
-def _interval(lo: float, hi: float) -> str:
-    return f"[{lo:.3f}, {hi:.3f}]"
-
-
-def _render(ui: _Ui, report: BenchReport) -> None:
-    """One model: its table, the speedup lines, and why anything was left out (warnings are
-    printed even with --quiet)."""
-    state = (
-        f"noisy: {report.max_seconds:g} s budget ended before every interval was within "
-        f"+-{report.target_ci:.0%}"
-        if report.noisy
-        else f"within +-{report.target_ci:.0%}"
-    )
-    line = f"{report.model}: {report.rounds} rounds in {report.seconds:.1f} s, {state}"
-    for skip in report.skipped_batch_sizes:
-        ui.warn(f"{report.model}: --batch-size {skip['batch_size']} skipped: {skip['reason']}")
-    if ui.quiet:
-        if report.noisy:
-            ui.warn(line)
-        return
-    ui.show(lambda: _bench_table(report))
-    for g in report.speedups:
-        where = ""
-        if len(report.speedups) > 1:
-            where = f" ({g.provider.removesuffix('ExecutionProvider')}, batch {g.batch_size})"
-        parts = []
-        for key, s in g.speedups.items():
-            what = "the original's speed" if key == "vs_original" else f"ORT {key[7:]}"
-            parts.append(f"{s} {what}")
-        ui.say(f"folded{where}: " + escape(", ".join(parts)))
-    if report.noisy:
-        ui.warn(line + " (try --max-seconds, --threads 1, or a quieter machine)")
-    else:
-        ui.say(escape(line))
-    for note in report.notes:
-        ui.say(f"note: {escape(note)}")
-
-
-def _bench_table(report: BenchReport) -> Table:
-    shapes = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
-    table = _table(
-        f"{report.model}  ({shapes}; {report.rounds} rounds after {report.warmup} warm-up, "
-        f"threads: {report.threads or 'default'})"
-    )
-    several = len({r.provider for r in report.runs}) > 1
-    columns = ["configuration"]
-    if several:
-        columns.append("provider")
-    columns += ["batch", "nodes", "BN", "MB", "session ms", "median ms", "95% CI", "p90 ms"]
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column in ("configuration", "provider") else "right"
-        )
-    for r in report.runs:
-        stats = report.folded if r.model == "folded" else report.original
-        row = [r.label]
-        if several:
-            row.append(r.provider.removesuffix("ExecutionProvider"))
-        row += [
-            "-" if r.batch_size is None else str(r.batch_size),
-            str(stats.nodes),
-            str(stats.batchnorms),
-            f"{stats.size_bytes / 1e6:.1f}",
-            f"{r.session_ms:.1f}",
-            f"{r.median_ms:.3f}",
-            _interval(*r.ci95_ms),
-            f"{r.p90_ms:.3f}",
-        ]
-        table.add_row(*row)
-    return table
-
-
-def _baseline_table(c: BaselineComparison) -> Table:
-    how = "; folded judged relative to the original" if c.relative else ""
-    table = _table(f"against {c.path} (now / then; slower only beyond +{c.max_slowdown:.0%}{how})")
-    columns = ("model", "configuration", "batch", "then ms", "now ms", "change", "95% CI")
-    for column in (*columns, "vs original"):
-        table.add_column(
-            column, justify="left" if column in ("model", "configuration") else "right"
-        )
-    table.add_column("verdict")
-    style = {"slower": "red", "faster": "green", "same": ""}
-    for ch in c.changes:
-        label = f"{ch.run} @ {ch.optimization} {ch.provider.removesuffix('ExecutionProvider')}"
-        verdict = f"[{style[ch.verdict]}]{ch.verdict}[/]" if style[ch.verdict] else ch.verdict
-        table.add_row(
-            escape(ch.model),
-            escape(label),
-            "-" if ch.batch_size is None else str(ch.batch_size),
-            f"{ch.baseline_ms:.3f}",
-            f"{ch.median_ms:.3f}",
-            f"{ch.ratio - 1:+.1%}",
-            f"[{ch.ci95[0] - 1:+.1%}, {ch.ci95[1] - 1:+.1%}]",
-            _relative(ch),
-            verdict,
-        )
-    for label in c.unmatched:
-        table.add_row(escape(label), "not in the baseline", "", "", "", "", "", "", "")
-    return table
-
-
-def _relative(ch: Change) -> str:
-    if ch.relative is None or ch.relative_ci95 is None:
-        return ""
-    lo, hi = ch.relative_ci95
-    return f"{ch.relative - 1:+.1%} [{lo - 1:+.1%}, {hi - 1:+.1%}]"

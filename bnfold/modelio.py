@@ -325,7 +325,7 @@ def stage_model(
         )
     if not os.access(folder, os.W_OK):
         raise OutputError(
-            f"{target}: output folder {folder} is not writable", hint="choose another -o/--output"
+            f"{target}: output folder {folder} is not writable", hint="choose another output"
         )
     unloaded = uses_external_data(model)
     if unloaded and (external_data is False or source_dir is None):

@@ -33,6 +33,8 @@ class BNDecision:
     producer_node: str | None = None
     through: tuple[str, ...] = ()
     op: str = "BatchNormalization"
+    #: the data input of a scale Mul/Add (which layer output it scales or shifts); "" for a BN
+    input: str = ""
 
     @property
     def folded(self) -> bool:
@@ -50,6 +52,7 @@ class BNDecision:
             "producer_node": self.producer_node,
             "through": list(self.through),
             "op": self.op,
+            "input": self.input,
         }
 
 
@@ -86,6 +89,17 @@ class FoldReport:
     @property
     def changed(self) -> bool:
         return self.folded > 0
+
+    def gated(self) -> tuple[BNDecision, ...]:
+        """The folded decisions ``check`` fails on: every BatchNormalization and scale Mul, and
+        an Add that shifts the output of one of them (Mul -> Add, BN -> Add), but not a lone bias
+        Add after a layer (MatMul + Add, as every Keras/TF export writes a Linear layer)."""
+        normalized = {(d.graph, d.output) for d in self.decisions if d.folded and d.op != "Add"}
+        return tuple(
+            d
+            for d in self.decisions
+            if d.folded and (d.op != "Add" or (d.graph, d.input) in normalized)
+        )
 
     def reasons(self) -> dict[str, int]:
         """Count of skipped BatchNormalizations per reason code."""

@@ -282,8 +282,9 @@ def test_model_nothing_can_run_is_written_unverified(tmp_path: Path) -> None:
     path = tmp_path / "custom.onnx"
     onnx.save(m, path)
     code, out, err = invoke(str(path), "--json")
-    assert code == 0, err
+    assert code == 4, err  # written, but unverified
     entry = json.loads(out)["models"][0]
+    assert entry["exit_code"] == 4 and json.loads(out)["exit_code"] == 4
     assert entry["status"] == "unverified" and entry["verification"]["reason"]
     assert "unverified" in err
     assert Path(entry["output"]).is_file()

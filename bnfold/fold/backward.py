@@ -153,13 +153,17 @@ class BackwardFold:
         except Skip as skip:
             if producer.op_type == "MatMul":
                 return None  # MatMul + bias Add is everywhere in transformers: not a scale layer
-            return decide(scope, node, skip.reason, skip.message, layer=producer, chain=chain)
+            return decide(
+                scope, node, skip.reason, skip.message, layer=producer, chain=chain, data_input=x
+            )
         state.apply(scope, node, chain, plan, pending, params=scale.params)
         dirty.update(id(n) for n in (node, chain.producer, *chain.through))
         target = chain.producer.name or chain.producer.output[0]
         verb = "scale" if node.op_type == "Mul" else "shift"
         message = f"per-channel {verb} folded into {chain.producer.op_type} '{target}'"
-        return decide(scope, node, Reason.FOLDED, message, layer=producer, chain=chain)
+        return decide(
+            scope, node, Reason.FOLDED, message, layer=producer, chain=chain, data_input=x
+        )
 
 
 def _feeds_batchnorm(scope: Scope, node: proto.NodeProto) -> bool:

@@ -16,9 +16,11 @@ def decide(
     *,
     layer: proto.NodeProto | None,
     chain: Chain | None,
+    data_input: str = "",
 ) -> BNDecision:
     """The decision about ``node``; ``layer`` is the layer before it (when one was found) and
-    ``chain`` the walk to it (for the nodes looked through)."""
+    ``chain`` the walk to it (for the nodes looked through); ``data_input`` is the value a scale
+    Mul/Add scales or shifts (which ``check`` needs to tell a BN's shift from a layer's bias)."""
     return BNDecision(
         node=node.name,
         output=node.output[0] if node.output else "",
@@ -30,4 +32,5 @@ def decide(
         producer_node=(layer.name or layer.output[0]) if layer is not None else None,
         through=tuple(n.op_type for n in reversed(chain.through)) if chain else (),
         op=node.op_type,
+        input=data_input,
     )
