@@ -414,6 +414,12 @@ def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work:
     path = Path(model)
     if not path.is_file():
         raise InputError(f"{path}: no such file", hint="check the path")
+    # Before onnxruntime reads it: a model file is untrusted input, and its external data must be
+    # files in its own folder, of the sizes its tensors say (~15 ms for a 100 MB model: the
+    # weights are not read).
+    from bnfold.modelio import read_model
+
+    read_model(path, load_external_data=False, lazy=True)
     return path
 
 

@@ -486,3 +486,23 @@ def test_parallel_jobs_creating_one_output_folder_do_not_fail(
     monkeypatch.setattr(Path, "exists", lambda self: False)  # ... after this job looked
     _ensure_folder(Task(tmp_path / "m.onnx", target))
     assert target.parent.is_dir()
+
+
+@pytest.mark.parametrize("which", ["original", "candidate"])
+def test_verify_refuses_external_data_outside_the_folder(tmp_path: Path, which: str) -> None:
+    """``bnfold verify A B`` runs models in onnxruntime: their external data is checked first,
+    so a model cannot make it read (and compare the numbers of) a file outside its folder."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.random.default_rng(1).bytes(1 << 16))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    good, evil = folder / "good.onnx", folder / "evil.onnx"
+    onnx.save(conv_bn(), good)
+    save_external(conv_bn(), evil)
+    (folder / "evil.onnx.data").unlink()
+    set_external(evil, location="../secret.bin")
+    pair = (evil, good) if which == "original" else (good, evil)
+    code, out, err = invoke("verify", str(pair[0]), str(pair[1]), "--json")
+    assert code == 3, err
+    assert "only files in the model's folder are read" in err
+    assert json.loads(out)["error"]["type"] == "InputError"

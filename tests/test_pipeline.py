@@ -246,7 +246,17 @@ def test_every_document_validates_against_the_schema(
         assert doc["exit_code"] == code and "schema_version" in doc, (args, err)
         jsonschema.validate(doc, spec)
         docs.append(doc["command"])
-    assert docs == ["fold", "fold", "inspect", "check", "verify", "bench", "bench", "bench", "check"]
+    assert docs == [
+        "fold",
+        "fold",
+        "inspect",
+        "check",
+        "verify",
+        "bench",
+        "bench",
+        "bench",
+        "check",
+    ]
 
 
 # -- writes: -o FILE for several models, --in-place with nothing to fold ------------------------
