@@ -396,9 +396,11 @@ def temp_folder_error(folder: Path, exc: OSError | str) -> OutputError:
 
 
 def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work: Path) -> Path:
-    import onnx
+    from bnfold.proto import ModelProto
 
-    if isinstance(model, onnx.ModelProto):
+    if isinstance(model, ModelProto):
+        import onnx  # only to spill an in-memory model (onnx's import costs ~1 s)
+
         large = model.ByteSize() > 2**31 - 1
         try:
             onnx.save_model(

@@ -102,3 +102,25 @@ def test_folding_a_conv_model_does_not_import_the_onnx_package(tmp_path: Path) -
         3,
         3,
     )
+
+
+def test_verifying_two_files_does_not_import_the_onnx_package(tmp_path: Path) -> None:
+    """Verification's cost is two onnxruntime sessions and runs: the parent must not pay onnx's
+    import (~1 s) to check two paths."""
+    from tests.test_hostile import conv_bn
+
+    onnx.save(conv_bn(), tmp_path / "m.onnx")
+    code = (
+        "import sys\n"
+        "from bnfold.verification import verify\n"
+        f"r = verify({str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'm.onnx')!r})\n"
+        "assert r.status == 'passed', r\n"
+        "assert 'onnx' not in sys.modules and 'ml_dtypes' not in sys.modules\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr
