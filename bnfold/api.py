@@ -11,7 +11,7 @@ from typing import Any, Literal
 from bnfold import proto, verification
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.fold import FoldEngine
-from bnfold.modelio import external_locations, read_model, stage_model
+from bnfold.modelio import open_model_file, read_model, stage_model
 from bnfold.report import FoldReport, FoldResult
 from bnfold.rules import DEFAULT_RULES, FoldRule
 from bnfold.verification import VerifyReport
@@ -33,7 +33,7 @@ def fold_model(
     """
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        model, _ = read_model(path, load_external_data=True, lazy=False)
+        model, _ = read_model(path, load_external_data=True)
         base_dir = path.parent if base_dir is None else base_dir
         inplace = True  # the model was read for this call: nobody else holds it
     elif not isinstance(model, proto.ModelProto):
@@ -149,22 +149,23 @@ def fold_file(
         )
     # Weights stay on disk (inline or external): folds read what they change, the writer copies
     # the rest from file to file.
-    model, external = read_model(src, load_external_data=False, lazy=True)
+    opened = open_model_file(src)
+    model, external, store = opened.model, opened.external, opened.store
     if write and not in_place:
-        _check_not_an_input(src, dst, external_locations(model))
-    # Folded weights stay numpy arrays ("held") until written: one copy less of each, and for
+        _check_not_an_input(src, dst, opened.files())
+    # Folded weights stay arrays in the store until written: one copy less of each, and for
     # inspect/check (write=False) none of them is serialized into the model at all.
-    engine = FoldEngine(model, rules, base_dir=src.parent, hold=True)
+    engine = FoldEngine(model, rules, base_dir=src.parent, store=store)
     report = engine.run()
     if not write:
         return FileFoldResult(input=src, output=None, report=report, status="inspected")
     if in_place and not report.changed:  # same bytes, same mtime: build tools see no change
         return FileFoldResult(input=src, output=dst, report=report, status="unchanged")
     staging = stage_model(
-        model, dst, external_data=external or None, source_dir=src.parent, held=engine.held
+        model, dst, external_data=external or None, source_dir=src.parent, store=store
     )
     with staging as staged:
-        del model, engine  # the staged file is what gets checked and written; free the weights
+        del model, engine, store, opened  # the staged file is what gets checked and written
         verification = None
         status: FileStatus = "folded" if report.changed else "unchanged"
         if verify is not None and report.changed:
@@ -235,20 +236,19 @@ def _refusal(result: FileFoldResult) -> str:
     )
 
 
-def _check_not_an_input(src: Path, dst: Path, locations: Sequence[str]) -> None:
+def _check_not_an_input(src: Path, dst: Path, used: set[Path]) -> None:
     """Refuse an output, or the data file beside it, that is one of the files the input reads:
     writing it would modify the input."""
     data = dst.with_name(dst.name + ".data")
-    for location in locations:
-        used = src.parent / location
+    for path in sorted(used):
         for out in (dst, data):
-            if _same_file(used, out):
-                raise UsageError(
-                    f"{out}: would overwrite {used}, the external data of the input {src}",
-                    hint="choose another output",
+            if _same_file(path, out):
+                what = (
+                    "the input"
+                    if _same_file(path, src)
+                    else f"{path}, the external data of the input {src}"
                 )
-    if _same_file(src, data):
-        raise UsageError(f"{data}: would overwrite the input", hint="choose another output")
+                raise UsageError(f"{out}: would overwrite {what}", hint="choose another output")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -245,18 +245,14 @@ class BenchReport:
         }
 
 
-def _stats(path: Path, model: Any) -> ModelStats:
-    """Size on disk (the model file and the external data files it names), nodes, BNs."""
+def _stats(path: Path, model: Any, files: set[Path]) -> ModelStats:
+    """Size on disk (the model file and the external data files its bytes are in), nodes, BNs."""
     from bnfold.fold import count_nodes
     from bnfold.graph import ModelIndex, is_op
-    from bnfold.modelio import external_locations
 
     index = ModelIndex(model)
     bns = sum(1 for sc in index.scopes for n in sc.nodes if is_op(n, "BatchNormalization"))
-    size = path.stat().st_size
-    for location in external_locations(model):
-        data = path.parent / location
-        size += data.stat().st_size if data.is_file() else 0
+    size = sum(f.stat().st_size for f in {path, *files} if f.is_file())
     return ModelStats(str(path), size, count_nodes(model), bns)
 
 
@@ -321,7 +317,7 @@ def benchmark(
     not have, a level that is none), InputError when a model cannot be read or run.
     """
     from bnfold.fold import FoldEngine
-    from bnfold.modelio import read_model
+    from bnfold.modelio import open_model_file
     from bnfold.verification import run_child
     from bnfold.writer import write_model
 
@@ -332,13 +328,14 @@ def benchmark(
         iterations, warmup, threads, providers, levels, batch_sizes, max_seconds, target_ci
     )
     src = Path(model)
-    original, _ = read_model(src, load_external_data=False, lazy=True)
-    original_stats = _stats(src, original)
+    opened = open_model_file(src)
+    original = opened.model
+    original_stats = _stats(src, original, opened.files())
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         work = Path(tmp)
         fold_report = None
         if folded is None:
-            engine = FoldEngine(original, base_dir=src.parent, hold=True)
+            engine = FoldEngine(original, base_dir=src.parent, store=opened.store)
             fold_report = engine.run()
             folded_path = work / "folded.onnx"
             write_model(
@@ -347,14 +344,15 @@ def benchmark(
                 external=None,
                 data_name="folded.onnx.data",
                 source_dir=src.parent,
-                held=engine.held,
+                store=opened.store,
             )
-            folded_stats = replace(_stats(folded_path, original), path=None)
+            written = {folded_path.with_name("folded.onnx.data")}
+            folded_stats = replace(_stats(folded_path, original, written), path=None)
         else:
             folded_path = Path(folded)
-            folded_model, _ = read_model(folded_path, load_external_data=False, lazy=True)
-            folded_stats = _stats(folded_path, folded_model)
-        del original
+            folded_opened = open_model_file(folded_path)
+            folded_stats = _stats(folded_path, folded_opened.model, folded_opened.files())
+        del original, opened
         request = {
             "original": str(src),
             "folded": str(folded_path),

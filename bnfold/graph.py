@@ -7,8 +7,6 @@ scopes: a node whose body reads an outer name consumes that name, as onnxruntime
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +20,8 @@ from bnfold import proto
 from bnfold.constfold import EVALUATORS, Budget, CannotEvaluate, TooLarge, evaluate
 from bnfold.errors import InputError
 from bnfold.proto import AttributeProto, TensorProto
-from bnfold.wire import held_key
-from bnfold.writer import external_ref, read_external
+from bnfold.store import TensorStore
+from bnfold.writer import read_external
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -97,10 +95,9 @@ class Constant:
         """The value as numpy, read once."""
         if self._array is None:
             if self.tensor is not None:
-                key = held_key(self.tensor)
-                if key is not None:
-                    assert self.scope.held is not None, "a held tensor outside its fold"
-                    self._array = self.scope.held[key]
+                store = self.scope.store
+                if store is not None and self.node is None and self.tensor.name in store:
+                    self._array = store.array(self.tensor)  # a header: its bytes are elsewhere
                 elif self.tensor.data_location == TensorProto.EXTERNAL:
                     self._array = self._read_external(self.tensor)
                 else:
@@ -111,80 +108,25 @@ class Constant:
         return self._array
 
     def _read_external(self, tensor: TensorProto) -> npt.NDArray[Any]:
-        """Read just this tensor from the external data file it points at."""
+        """Read just this tensor from the external data file it points at (a tensor outside the
+        main graph's initializers: those are in the model's ``TensorStore``)."""
         base_dir = self.scope.base_dir
         if base_dir is None:
             raise InputError(
                 f"tensor '{self.name}' keeps its data in an external file that was not loaded",
                 hint="load the model with its external data (bnfold.fold_file does)",
             )
-        dims = tuple(int(d) for d in tensor.dims)
-        dtype = _PLAIN_DTYPES.get(tensor.data_type)
         try:
-            if dtype is not None and self.scope.maps is not None:
-                ref = external_ref(tensor, base_dir)
-                if ref.length == dtype.itemsize * int(np.prod(dims)):
-                    # a read-only view of the file in the page cache: no copy at all
-                    mapped = _mapped(self.scope.maps, ref.path)
-                    if ref.offset + ref.length > len(mapped):
-                        raise OSError(f"{ref.path} is shorter than tensor '{self.name}' needs")
-                    count = ref.length // dtype.itemsize
-                    view = np.frombuffer(mapped, dtype=dtype, count=count, offset=ref.offset)
-                    return view.reshape(dims)
             raw = read_external(tensor, base_dir)
         except (OSError, ValueError) as exc:
             raise InputError(
                 f"tensor '{self.name}': cannot read its external data ({exc})"
             ) from None
-        if dtype is not None and len(raw) == dtype.itemsize * int(np.prod(dims)):
-            return np.frombuffer(raw, dtype=dtype).reshape(dims)  # read-only view: no copy
         loaded = TensorProto()
         loaded.data_type = tensor.data_type
-        loaded.dims.extend(dims)
+        loaded.dims.extend(int(d) for d in tensor.dims)
         loaded.raw_data = raw
         return proto.to_array(loaded)
-
-
-#: Element types whose raw bytes numpy reads as they are (little-endian, as ONNX stores them).
-_PLAIN_DTYPES: dict[int, np.dtype[Any]] = {
-    TensorProto.FLOAT: np.dtype("<f4"),
-    TensorProto.DOUBLE: np.dtype("<f8"),
-    TensorProto.FLOAT16: np.dtype("<f2"),
-    TensorProto.INT8: np.dtype("i1"),
-    TensorProto.UINT8: np.dtype("u1"),
-    TensorProto.INT16: np.dtype("<i2"),
-    TensorProto.INT32: np.dtype("<i4"),
-    TensorProto.INT64: np.dtype("<i8"),
-}
-
-
-def _mapped(maps: dict[Path, mmap.mmap], path: Path) -> mmap.mmap:
-    """The file mapped read-only, once per fold (see ``ModelIndex``'s ``maps``)."""
-    found = maps.get(path)
-    if found is None:
-        with open(path, "rb") as f:
-            found = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        maps[path] = found
-    return found
-
-
-def release_pages(maps: dict[Path, mmap.mmap]) -> None:
-    """Drop the mapped pages from this process (they stay in the OS page cache): weights read for
-    one fold do not stay counted in bnfold's memory while it folds the next."""
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if advice is None:
-        return
-    for mapped in maps.values():
-        with contextlib.suppress(OSError, ValueError):
-            mapped.madvise(advice)
-
-
-def close_maps(maps: dict[Path, mmap.mmap]) -> None:
-    """Unmap the files; a mapping still viewed by an array is left to the garbage collector."""
-    for mapped in maps.values():
-        with contextlib.suppress(BufferError):
-            mapped.close()
-    maps.clear()
 
 
 def _constant_node_value(node: proto.NodeProto) -> npt.NDArray[Any]:
@@ -249,15 +191,13 @@ class Scope:
         opset: int,
         ir_version: int,
         base_dir: Path | None = None,
-        held: dict[str, npt.NDArray[Any]] | None = None,
-        maps: dict[Path, mmap.mmap] | None = None,
+        store: TensorStore | None = None,
         budget: Budget | None = None,
     ) -> None:
         self.path = path
         self.budget = budget  # bytes constant evaluation may still allocate (bnfold.constfold)
-        self.maps = maps  # files mapped for reading weights, shared by one fold
         self.base_dir = base_dir  # where tensors left in external data files are read from
-        self.held = held  # folded values not yet put into the model (see bnfold.wire.HELD_KEY)
+        self.store = store  # where the main graph's header initializers have their bytes
         self.nodes: list[proto.NodeProto] = list(nodes)
         self.container = nodes
         self.graph = graph
@@ -400,14 +340,12 @@ class ModelIndex:
         self,
         model: proto.ModelProto,
         base_dir: str | os.PathLike[str] | None = None,
-        held: dict[str, npt.NDArray[Any]] | None = None,
-        maps: dict[Path, mmap.mmap] | None = None,
+        store: TensorStore | None = None,
         budget: Budget | None = None,
     ) -> None:
         self.model = model
         self.base_dir = Path(base_dir) if base_dir is not None else None
-        self.held = held
-        self.maps = maps
+        self.store = store
         # one fold shares its budget across passes (and so indexes); otherwise one per index
         self.budget = budget if budget is not None else Budget()
         self.opset = model_opset(model)
@@ -430,8 +368,6 @@ class ModelIndex:
                 opset=int(fopset),
                 ir_version=model.ir_version,
                 base_dir=self.base_dir,
-                held=self.held,
-                maps=self.maps,
                 budget=self.budget,
             )
             self.scopes.append(scope)
@@ -449,8 +385,7 @@ class ModelIndex:
             opset=opset,
             ir_version=self.model.ir_version,
             base_dir=self.base_dir,
-            held=self.held,
-            maps=self.maps,
+            store=self.store if parent is None else None,  # the store holds main's only
             budget=self.budget,
         )
         self.scopes.append(scope)

@@ -7,14 +7,15 @@ a value nothing produces, an operator domain the model does not import.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -22,7 +23,8 @@ from bnfold import proto
 from bnfold.errors import InputError, OutputError
 from bnfold.graph import DEFAULT_DOMAINS, subgraphs
 from bnfold.proto import TensorProto
-from bnfold.wire import is_held, is_self_reference, open_model
+from bnfold.store import FileSlice, TensorStore
+from bnfold.wire import open_model
 from bnfold.writer import (
     element_count,
     expected_nbytes,
@@ -38,8 +40,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 
 def uses_external_data(model: proto.ModelProto) -> bool:
     """True when any tensor (initializers and attribute values, in every graph and function)
-    stores its data in an external file (not counting weights bnfold left inline in the model
-    file it opened)."""
+    stores its data in an external file, as the proto says (an opened model's main-graph
+    initializers have their bytes in its ``TensorStore`` instead)."""
     return any(_is_external(t) for t in all_tensors(model))
 
 
@@ -55,7 +57,7 @@ def external_locations(model: proto.ModelProto) -> list[str]:
 
 
 def _is_external(tensor: TensorProto) -> bool:
-    return tensor.data_location == TensorProto.EXTERNAL and not is_self_reference(tensor)
+    return bool(tensor.data_location == TensorProto.EXTERNAL)
 
 
 def all_tensors(model: proto.ModelProto) -> Iterator[TensorProto]:
@@ -74,16 +76,8 @@ def load_model(
     return read_model(path, load_external_data=load_external_data)[0]
 
 
-def read_model(
-    path: str | os.PathLike[str], *, load_external_data: bool = True, lazy: bool = False
-) -> tuple[proto.ModelProto, bool]:
-    """Like ``load_model``, also saying whether the file kept tensors in external data.
-
-    With ``load_external_data=False`` the external files are checked but not read: the tensors
-    keep pointing at them (bnfold reads the few it folds, and copies the rest when writing).
-    ``lazy`` also leaves the large inline weights in the file (see ``bnfold.wire``); such a model
-    is for bnfold's own reader and writer, which know where to find them.
-    """
+def _model_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a regular, non-empty file; else InputError saying what it is."""
     p = Path(path)
     try:
         st = p.stat()
@@ -97,8 +91,13 @@ def read_model(
         raise InputError(f"{p}: not a regular file (a pipe or device?)", hint="pass a model file")
     if st.st_size == 0:
         raise InputError(f"{p}: the file is empty", hint="re-export or re-download the model")
+    return p
+
+
+@contextmanager
+def _parse_errors(p: Path) -> Iterator[None]:
     try:
-        model = open_model(p) if lazy else proto.ModelProto.FromString(p.read_bytes())
+        yield
     except OSError as exc:
         raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
@@ -106,10 +105,23 @@ def read_model(
             f"{p}: not a readable ONNX model ({_first_line(exc) or 'protobuf parse failed'})",
             hint="is the file truncated or of another format?",
         ) from None
+
+
+def read_model(
+    path: str | os.PathLike[str], *, load_external_data: bool = True
+) -> tuple[proto.ModelProto, bool]:
+    """Like ``load_model``, also saying whether the file kept tensors in external data.
+
+    With ``load_external_data=False`` the external files are checked but not read: the tensors
+    keep pointing at them.
+    """
+    p = _model_file(path)
+    with _parse_errors(p):
+        model = proto.ModelProto.FromString(p.read_bytes())
     check_structure(model, p)
     _check_tensors(model, p)
     external = uses_external_data(model)
-    if load_external_data and external and not lazy:
+    if load_external_data and external:
         onnx = proto.full_onnx()
         try:
             onnx.load_external_data_for_model(model, str(p.parent))
@@ -118,15 +130,63 @@ def read_model(
     return model, external
 
 
+@dataclass
+class OpenedModel:
+    """A model file opened without its weights: the model, whose main-graph initializers with
+    large data are headers, and the ``TensorStore`` that says where their bytes are."""
+
+    model: proto.ModelProto
+    external: bool  # the file kept tensors in external data (the output will too)
+    store: TensorStore
+    path: Path
+
+    def files(self) -> set[Path]:
+        """Every file the model's bytes come from: itself and its external data files."""
+        found = {self.path}
+        found.update(where.path for _, where in self.store.slices())
+        found.update(self.path.parent / loc for loc in external_locations(self.model))
+        return found
+
+
+def open_model_file(path: str | os.PathLike[str]) -> OpenedModel:
+    """Open the model at ``path`` for folding: the graph is parsed, the large main-graph weights
+    (inline or in external data) stay where they are, checked, with a source in the store.
+    Raises InputError for anything that cannot be a working model."""
+    p = _model_file(path)
+    with _parse_errors(p):
+        model, slices = open_model(p)
+    check_structure(model, p)
+    left = {name: (offset, length) for name, offset, length in slices}
+    _check_tensors(model, p, headers=set(left))
+    external = uses_external_data(model)
+    store = TensorStore()
+    for tensor in model.graph.initializer:
+        if tensor.name in left:
+            offset, length = left[tensor.name]
+            _check_size(tensor, length, "raw data", p)
+            store.put_file(tensor.name, FileSlice(p, offset, length))
+        elif tensor.data_location == TensorProto.EXTERNAL:
+            store.put_file(tensor.name, external_ref(tensor, p.parent))  # checked above
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+    return OpenedModel(model, external, store, p)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_tensors(model: proto.ModelProto, path: Path) -> None:
+def _check_tensors(
+    model: proto.ModelProto, path: Path, headers: frozenset[str] | set[str] = frozenset()
+) -> None:
     """Refuse tensors whose data cannot be what their dims and type say, and external data
-    outside the model's folder, before anything reads them."""
-    for tensor in all_tensors(model):
+    outside the model's folder, before anything reads them (``headers``: main-graph
+    initializers whose bytes were left in the file, checked by their caller)."""
+    main = (t for t in model.graph.initializer if t.name not in headers)
+    rest = (t for node in model.graph.node for t in node_tensors(node))
+    functions = (t for f in model.functions for node in f.node for t in node_tensors(node))
+    for tensor in itertools.chain(main, rest, functions):
         try:
             _check_tensor(tensor, path.parent)
         except InputError as exc:
@@ -160,12 +220,8 @@ _TYPED_FIELDS: dict[int, tuple[str, int]] = {
 
 
 def _check_tensor(tensor: TensorProto, base_dir: Path) -> None:
-    need = expected_nbytes(tensor)  # also refuses negative dims
     if tensor.data_location == TensorProto.EXTERNAL:
-        if is_held(tensor):
-            return
-        have = external_ref(tensor, base_dir).length
-        what = "raw data" if is_self_reference(tensor) else "external data"
+        have, what = external_ref(tensor, base_dir).length, "external data"
     elif tensor.HasField("raw_data"):
         have, what = len(tensor.raw_data), "raw data"
     else:
@@ -181,9 +237,15 @@ def _check_tensor(tensor: TensorProto, base_dir: Path) -> None:
                 hint="the model is damaged or was edited by hand",
             )
         return
+    _check_size(tensor, have, what)
+
+
+def _check_size(tensor: TensorProto, have: int, what: str, path: Path | None = None) -> None:
+    need = expected_nbytes(tensor)  # also refuses negative dims
     if need is not None and have != need:
+        where = f"{path}: " if path is not None else ""
         raise InputError(
-            f"tensor '{tensor.name}' has {have} bytes of {what}, but its shape "
+            f"{where}tensor '{tensor.name}' has {have} bytes of {what}, but its shape "
             f"{list(tensor.dims)} and type need {need}",
             hint="the model or its data file is damaged, truncated or from another model",
         )
@@ -197,6 +259,14 @@ def check_structure(model: proto.ModelProto, path: Path | str = "<model>") -> No
         )
     if not model.graph.output:
         raise InputError(f"{path}: the graph has no outputs")
+    seen: set[str] = set()
+    for tensor in model.graph.initializer:
+        if tensor.name in seen:
+            raise InputError(
+                f"{path}: two initializers of the main graph are named '{tensor.name}'",
+                hint="the model is damaged or was edited by hand",
+            )
+        seen.add(tensor.name)
     domains = {o.domain for o in model.opset_import} | set(DEFAULT_DOMAINS)
     local_functions = {(f.domain, f.name) for f in model.functions}
     _check_graph(model.graph, set(), domains, local_functions, path)
@@ -309,7 +379,7 @@ def stage_model(
     *,
     external_data: bool | None = None,
     source_dir: str | os.PathLike[str] | None = None,
-    held: dict[str, Any] | None = None,
+    store: TensorStore | None = None,
 ) -> Iterator[StagedModel]:
     """Write ``model`` into a temporary folder beside ``path``; removed again on exit.
 
@@ -349,7 +419,7 @@ def stage_model(
                 data_name=staged.data_name,
                 source_dir=source_dir,
                 limit=PROTOBUF_LIMIT,
-                held=held,
+                store=store,
             )
         except OSError as exc:
             raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from bnfold import proto
 from bnfold.proto import TensorProto
-from bnfold.wire import reset_data
+from bnfold.store import reset_data
 
 F64 = npt.NDArray[np.float64]
 

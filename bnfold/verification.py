@@ -419,9 +419,9 @@ def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work:
     # Before onnxruntime reads it: a model file is untrusted input, and its external data must be
     # files in its own folder, of the sizes its tensors say (~15 ms for a 100 MB model: the
     # weights are not read).
-    from bnfold.modelio import read_model
+    from bnfold.modelio import open_model_file
 
-    read_model(path, load_external_data=False, lazy=True)
+    open_model_file(path)
     return path
 
 

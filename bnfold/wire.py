@@ -2,13 +2,11 @@
 
 A fold changes a few tensors; the rest only need to travel from the input file to the output file.
 So the main graph's large inline initializers are not parsed at all: the file is scanned at the
-protobuf wire level, and each such tensor is parsed without its ``raw_data`` and marked as external
-data pointing back into the model file itself (offset and length of its bytes there). bnfold's
-reader and writer then treat it like any external tensor: read when a fold needs it, copied
-straight from file to file otherwise. Parsing and memory then scale with the graph, not the weights.
-
-The mark (``SELF_KEY`` in ``external_data``) never leaves bnfold: the writer puts the bytes back
-inline, so the output is the same file protobuf itself would have written.
+protobuf wire level, and each such tensor is parsed without its ``raw_data``, as a header (name,
+type, dims, ...). Where its bytes are in the file (offset and length) is returned beside the
+model, for its ``bnfold.store.TensorStore``: read when a fold needs them, copied straight from
+file to file otherwise. Parsing and memory then scale with the graph, not the weights; the
+writer puts the bytes back inline, so the output is the file protobuf itself would have written.
 """
 
 from __future__ import annotations
@@ -18,19 +16,14 @@ import os
 from pathlib import Path
 
 from bnfold import proto
-from bnfold.proto import TensorProto
 
-#: external_data key marking a tensor whose bytes are inline in the model file it was read from.
-SELF_KEY = "bnfold.inline"
-#: external_data key marking a folded tensor whose values bnfold holds as a numpy array until it
-#: writes the model (the value is the array's key in the fold's ``held`` mapping).
-HELD_KEY = "bnfold.held"
 #: Initializers with fewer raw bytes than this are parsed as usual (shape tensors, BN statistics
 #: of small layers): not worth a file read each, and shape inference needs their values.
 MIN_LAZY_BYTES = 4096
 
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
+_TENSOR_NAME = 8
 _TENSOR_RAW = 9
 _TENSOR_EXTERNAL = 13
 _TENSOR_LOCATION = 14
@@ -127,113 +120,57 @@ def _len_field(number: int, payload: bytes) -> bytes:
     return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
 
-def _entry(key: str, value: str) -> bytes:
-    """A StringStringEntryProto as an ``external_data`` field of a TensorProto."""
-    body = _len_field(1, key.encode()) + _len_field(2, value.encode())
-    return _len_field(_TENSOR_EXTERNAL, body)
+#: (tensor name, offset, length) of raw bytes left in the file.
+Slice = tuple[str, int, int]
 
 
-def _tensor(buf: memoryview, start: int, end: int, location: str) -> bytes:
-    """The tensor's bytes, with a large raw_data replaced by a pointer into the file."""
+def _tensor(buf: memoryview, start: int, end: int, slices: list[Slice]) -> bytes:
+    """The tensor's bytes, without a large raw_data (whose place is added to ``slices``)."""
     fields = _fields(buf, start, end)
     raws = [f for f in fields if f[0] == _TENSOR_RAW and f[1] == 2]
     external = any(f[0] in (_TENSOR_EXTERNAL, _TENSOR_LOCATION) for f in fields)
-    if len(raws) != 1 or external or raws[0][4] - raws[0][3] < MIN_LAZY_BYTES:
+    names = [f for f in fields if f[0] == _TENSOR_NAME and f[1] == 2]
+    if len(raws) != 1 or external or raws[0][4] - raws[0][3] < MIN_LAZY_BYTES or len(names) > 1:
         return bytes(buf[start:end])
     _, _, _, raw_start, raw_end = raws[0]
+    name = bytes(buf[names[0][3] : names[0][4]]).decode("utf-8", "replace") if names else ""
+    slices.append((name, raw_start, raw_end - raw_start))
     out = bytearray()
     for number, _, field_start, _, value_end in fields:
         if number != _TENSOR_RAW:
             out += buf[field_start:value_end]
-    out += _entry("location", location)
-    out += _entry("offset", str(raw_start))
-    out += _entry("length", str(raw_end - raw_start))
-    out += _entry(SELF_KEY, "1")
-    out += encode_varint(_TENSOR_LOCATION << 3) + encode_varint(TensorProto.EXTERNAL)
     return bytes(out)
 
 
-def _graph(buf: memoryview, start: int, end: int, location: str) -> bytes:
+def _graph(buf: memoryview, start: int, end: int, slices: list[Slice]) -> bytes:
     out = bytearray()
     for number, wire_type, field_start, value_start, value_end in _fields(buf, start, end):
         if number == _GRAPH_INITIALIZER and wire_type == 2:
-            out += _len_field(number, _tensor(buf, value_start, value_end, location))
+            out += _len_field(number, _tensor(buf, value_start, value_end, slices))
         else:
             out += buf[field_start:value_end]
     return bytes(out)
 
 
-def open_model(path: str | os.PathLike[str]) -> proto.ModelProto:
-    """Parse the model at ``path`` leaving its large main-graph weights in the file.
+def open_model(path: str | os.PathLike[str]) -> tuple[proto.ModelProto, list[Slice]]:
+    """Parse the model at ``path`` leaving its large main-graph weights in the file: the model
+    (those initializers as headers without data) and where each one's bytes are.
 
     Raises WireError or protobuf's DecodeError when the file is not a protobuf message.
     """
     p = Path(path)
+    slices: list[Slice] = []
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         buf = memoryview(mapped)
         try:
             out = bytearray()
             for number, wire_type, field_start, value_start, value_end in _fields(buf, 0, len(buf)):
                 if number == _MODEL_GRAPH and wire_type == 2:
-                    out += _len_field(number, _graph(buf, value_start, value_end, p.name))
+                    out += _len_field(number, _graph(buf, value_start, value_end, slices))
                 else:
                     out += buf[field_start:value_end]
         finally:
             buf.release()
     model = proto.ModelProto()
     model.ParseFromString(bytes(out))
-    return model
-
-
-def is_self_reference(tensor: TensorProto) -> bool:
-    """True for a tensor whose bytes are inline in the file it was read from (see module doc),
-    or held in memory by bnfold (``held_key``): either way, not external data of the model."""
-    return tensor.data_location == TensorProto.EXTERNAL and any(
-        e.key in (SELF_KEY, HELD_KEY) for e in tensor.external_data
-    )
-
-
-def is_held(tensor: TensorProto) -> bool:
-    """True for a tensor whose values bnfold holds as an array (see ``held_key``)."""
-    return held_key(tensor) is not None
-
-
-def held_key(tensor: TensorProto) -> str | None:
-    """The key of a tensor's values in bnfold's ``held`` mapping, if they are held there."""
-    if tensor.data_location != TensorProto.EXTERNAL:
-        return None
-    for e in tensor.external_data:
-        if e.key == HELD_KEY:
-            return str(e.value)
-    return None
-
-
-_DATA_FIELDS = (
-    "float_data",
-    "int32_data",
-    "string_data",
-    "int64_data",
-    "double_data",
-    "uint64_data",
-    "raw_data",
-    "external_data",
-    "data_location",
-)
-
-
-def reset_data(tensor: TensorProto, shape: tuple[int, ...], elem_type: int) -> None:
-    """Drop ``tensor``'s contents wherever they were (typed fields, raw bytes, external file) and
-    give it a new shape and type; its name, doc string and metadata stay."""
-    for name in _DATA_FIELDS:
-        tensor.ClearField(name)
-    del tensor.dims[:]
-    tensor.dims.extend(shape)
-    tensor.data_type = elem_type
-
-
-def hold(tensor: TensorProto, key: str, shape: tuple[int, ...], elem_type: int) -> None:
-    """Make ``tensor`` a header for values held under ``key`` (its name and doc string stay)."""
-    reset_data(tensor, shape, elem_type)
-    entry = tensor.external_data.add()
-    entry.key, entry.value = HELD_KEY, key
-    tensor.data_location = TensorProto.EXTERNAL
+    return model, slices

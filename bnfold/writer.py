@@ -31,7 +31,8 @@ from google.protobuf.message import Message
 from bnfold import proto
 from bnfold.errors import InputError
 from bnfold.proto import AttributeProto, TensorProto
-from bnfold.wire import encode_varint, held_key
+from bnfold.store import FileSlice, Source, TensorStore
+from bnfold.wire import encode_varint
 
 #: Tensors with at least this many bytes of raw data go to the external data file.
 EXTERNAL_THRESHOLD = 1024
@@ -80,13 +81,8 @@ def _field_bytes(msg: Message, fd: FieldDescriptor, value: Any) -> bytes:
 # -- where tensor contents go -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExternalRef:
-    """Where an external tensor's bytes are: file (resolved), offset, length."""
-
-    path: Path
-    offset: int
-    length: int
+#: Where an external tensor's bytes are: file (resolved), offset, length.
+ExternalRef = FileSlice
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -187,7 +183,6 @@ class _DataLayout:
 
     name: str
     source_dir: Path | None
-    held: Held | None = None
     size: int = 0
     jobs: list[tuple[int, Job]] = field(default_factory=list)
 
@@ -204,11 +199,15 @@ class _DataLayout:
             entry.key, entry.value = key, str(value)
         tensor.data_location = TensorProto.EXTERNAL
 
-    def externalize(self, tensor: TensorProto, header: TensorProto) -> None:
-        """Point ``header`` (a copy of ``tensor`` without its data) into the data file."""
-        array = _held_array(tensor, self.held)
-        if array is not None:
-            self.place(header, array.nbytes, _array_job(array))
+    def externalize(
+        self, tensor: TensorProto, header: TensorProto, source: Source | None = None
+    ) -> None:
+        """Point ``header`` (a copy of ``tensor`` without its data) into the data file; the bytes
+        come from ``source`` (the model's store) if given, else from the tensor."""
+        if isinstance(source, FileSlice):
+            self.place(header, source.length, _copy_job(source))
+        elif source is not None:
+            self.place(header, source.nbytes, _array_job(source))
         elif tensor.data_location == TensorProto.EXTERNAL:
             if self.source_dir is None:
                 raise ValueError(f"tensor '{tensor.name}' keeps external data, but from where?")
@@ -216,18 +215,6 @@ class _DataLayout:
             self.place(header, ref.length, _copy_job(ref))
         else:
             self.place(header, _raw_size(tensor), _raw_job(tensor))
-
-
-Held = dict[str, npt.NDArray[Any]]
-
-
-def _held_array(tensor: TensorProto, held: Held | None) -> npt.NDArray[Any] | None:
-    key = held_key(tensor)
-    if key is None:
-        return None
-    if held is None or key not in held:
-        raise ValueError(f"tensor '{tensor.name}' is held by a fold, but its values were not given")
-    return held[key]
 
 
 def _bytes_view(array: npt.NDArray[Any]) -> memoryview:
@@ -265,8 +252,6 @@ def _copy_job(ref: ExternalRef) -> Job:
 
 
 def _goes_external(tensor: TensorProto) -> bool:
-    if held_key(tensor) is not None:
-        return True
     if tensor.data_location == TensorProto.EXTERNAL:
         return True
     return tensor.HasField("raw_data") and _raw_size(tensor) >= EXTERNAL_THRESHOLD
@@ -410,11 +395,12 @@ def _tail(tensor: TensorProto, after: TensorProto) -> bytes:
 
 
 def _inline_tensor(
-    tensor: TensorProto, source_dir: Path | None, held: Held | None
+    tensor: TensorProto, source_dir: Path | None, stored: Source | None = None
 ) -> tuple[_InlineTensor, int]:
-    """``tensor`` laid out with its data inline (read from its external file if it is there)."""
-    source = None
-    array = _held_array(tensor, held)
+    """``tensor`` laid out with its data inline: from ``stored`` (its source in the model's
+    store) if given, else from its external file if it is there, else its own raw data."""
+    source = stored if isinstance(stored, FileSlice) else None
+    array = stored if stored is not None and not isinstance(stored, FileSlice) else None
     if array is not None:
         before, after = _header_fields(tensor)
         piece = _InlineTensor(
@@ -422,7 +408,7 @@ def _inline_tensor(
         )
         n = array.nbytes
         return piece, len(piece.before) + len(_prefix(_TENSOR_RAW, n)) + n + len(piece.after)
-    if tensor.data_location == TensorProto.EXTERNAL:
+    if source is None and tensor.data_location == TensorProto.EXTERNAL:
         if source_dir is None:
             raise ValueError(f"tensor '{tensor.name}' keeps external data, but from where?")
         source = external_ref(tensor, source_dir)
@@ -438,7 +424,6 @@ Piece: TypeAlias = bytes | Message | _InlineTensor
 @dataclass
 class _Plan:
     source_dir: Path | None = None
-    held: Held | None = None
     size: int = 0
     pieces: list[Piece] = field(default_factory=list)
 
@@ -450,7 +435,7 @@ class _Plan:
         if isinstance(element, TensorProto) and (
             element.HasField("raw_data") or element.data_location == TensorProto.EXTERNAL
         ):
-            inline, size = _inline_tensor(element, self.source_dir, self.held)
+            inline, size = _inline_tensor(element, self.source_dir)
             self.add(_prefix(number, size))
             self.add(inline, size)
             return
@@ -460,18 +445,34 @@ class _Plan:
 
 
 def _plan_graph(
-    graph: proto.GraphProto, data: _DataLayout | None, source: Path | None, held: Held | None
+    graph: proto.GraphProto,
+    data: _DataLayout | None,
+    source: Path | None,
+    store: TensorStore | None,
 ) -> _Plan:
-    plan = _Plan(source, held)
+    """The main graph: its initializers with a source in ``store`` are headers whose bytes come
+    from there (every other tensor carries its own data, or points at the input's data file)."""
+    plan = _Plan(source)
     for fd, value in graph.ListFields():
         if not _repeated(fd) or fd.message_type is None:
             plan.add(_field_bytes(graph, fd, value))
             continue
         for element in value:
-            if data is not None and fd.number == _GRAPH_INITIALIZER and _goes_external(element):
+            stored = None
+            if store is not None and fd.number == _GRAPH_INITIALIZER:
+                stored = store.source(element.name)
+            if (
+                data is not None
+                and fd.number == _GRAPH_INITIALIZER
+                and (stored is not None or _goes_external(element))
+            ):
                 header = _header(element)
-                data.externalize(element, header)
+                data.externalize(element, header, stored)
                 plan.add(_prefix(fd.number, header.ByteSize()) + header.SerializeToString())
+            elif stored is not None:
+                inline, size = _inline_tensor(element, source, stored)
+                plan.add(_prefix(fd.number, size))
+                plan.add(inline, size)
             elif data is not None and fd.number == _GRAPH_NODE:
                 plan.add_element(fd.number, _plan_node(element, data))
             else:
@@ -494,12 +495,15 @@ def _plan_node(node: proto.NodeProto, data: _DataLayout) -> proto.NodeProto:
 
 
 def _plan_model(
-    model: proto.ModelProto, data: _DataLayout | None, source: Path | None, held: Held | None
+    model: proto.ModelProto,
+    data: _DataLayout | None,
+    source: Path | None,
+    store: TensorStore | None,
 ) -> _Plan:
-    plan = _Plan(source, held)
+    plan = _Plan(source)
     for fd, value in model.ListFields():
         if fd.number == _MODEL_GRAPH:
-            graph = _plan_graph(value, data, source, held)
+            graph = _plan_graph(value, data, source, store)
             plan.add(_prefix(fd.number, graph.size))
             plan.pieces.extend(graph.pieces)
             plan.size += graph.size
@@ -540,24 +544,24 @@ def write_model(
     data_name: str | None = None,
     source_dir: str | os.PathLike[str] | None = None,
     limit: int = 2**31 - 1,
-    held: Held | None = None,
+    store: TensorStore | None = None,
 ) -> bool:
     """Write ``model`` to ``path``; the model itself is not changed.
 
     With ``external`` (or, when it is None, if the file would be over ``limit`` bytes) tensors of
     1 KiB or more go to ``data_name`` beside it. ``source_dir`` is the folder of the file the model
-    was read from, for tensors whose data was left in its external data file; ``held`` holds the
-    values of tensors a fold kept out of the model (``bnfold.wire.HELD_KEY``). Returns whether
-    external data was written.
+    was read from, for tensors whose data was left in its external data file; ``store`` says
+    where the bytes of the main graph's header initializers are (``bnfold.store``). Returns
+    whether external data was written.
     """
     target = Path(path)
     name = data_name or target.name + ".data"
     source = Path(source_dir) if source_dir is not None else None
-    data = _DataLayout(name, source, held) if external else None
-    plan = _plan_model(model, data, source, held)
+    data = _DataLayout(name, source) if external else None
+    plan = _plan_model(model, data, source, store)
     if external is None and plan.size > limit:
-        data = _DataLayout(name, source, held)
-        plan = _plan_model(model, data, source, held)
+        data = _DataLayout(name, source)
+        plan = _plan_model(model, data, source, store)
     with open(target, "wb") as out:
         for piece in plan.pieces:
             if isinstance(piece, bytes):

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold import wire
 from bnfold.errors import InputError
-from bnfold.modelio import read_model
+from bnfold.modelio import OpenedModel, open_model_file, read_model
 from tests.builders import make_model, vinfo
 
 #: BNFOLD_FUZZ_EXAMPLES=20000 for a long local run; CI keeps to a few seconds.
@@ -131,17 +131,18 @@ def models(draw: st.DrawFn) -> bytes:
     return data
 
 
-def _resolve(model: onnx.ModelProto, data: bytes) -> list[tuple[str, int, int]]:
+def _resolve(
+    model: onnx.ModelProto, slices: list[tuple[str, int, int]], data: bytes
+) -> list[tuple[str, int, int]]:
     """Put the bytes of each lazily read tensor back inline; (name, offset, length) of each."""
     found = []
+    where = {name: (offset, length) for name, offset, length in slices}
     for t in model.graph.initializer:
-        if not wire.is_self_reference(t):
+        if t.name not in where:
             continue
-        info = {e.key: e.value for e in t.external_data}
-        offset, length = int(info["offset"]), int(info["length"])
+        offset, length = where[t.name]
+        assert not t.HasField("raw_data") and t.data_location == 0  # a header, no marker
         found.append((t.name, offset, length))
-        del t.external_data[:]
-        t.ClearField("data_location")
         t.raw_data = data[offset : offset + length]
     return found
 
@@ -152,16 +153,16 @@ def test_valid_models_read_the_same_as_protobuf(data: bytes, tmp_path: Path) -> 
     path = tmp_path / "m.onnx"
     path.write_bytes(data)
     ref = onnx.load_model_from_string(data)
-    lazy = wire.open_model(path)
+    lazy, slices = wire.open_model(path)
     # only large raw_data of main-graph initializers is left in the file
     expected = {
         t.name
         for t in ref.graph.initializer
         if t.HasField("raw_data") and len(t.raw_data) >= wire.MIN_LAZY_BYTES
     }
-    lazy_names = {t.name for t in lazy.graph.initializer if wire.is_self_reference(t)}
+    lazy_names = {name for name, _, _ in slices}
     assert lazy_names == expected
-    spans = _resolve(lazy, data)
+    spans = _resolve(lazy, slices, data)
     raws = {t.name: t.raw_data for t in ref.graph.initializer}
     for name, offset, length in spans:
         assert data[offset : offset + length] == raws[name]  # exactly the bytes protobuf sees
@@ -190,11 +191,11 @@ def _time_limit(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def _read_or_input_error(path: Path) -> onnx.ModelProto | None:
-    """read_model(lazy=True): the model, or None for InputError; anything else fails the test."""
+def _read_or_input_error(path: Path) -> OpenedModel | None:
+    """open_model_file: the model, or None for InputError; anything else fails the test."""
     with _time_limit(5):
         try:
-            model, _ = read_model(path, load_external_data=False, lazy=True)
+            model = open_model_file(path)
         except InputError as exc:
             assert "\n" not in str(exc)
             return None
@@ -288,8 +289,9 @@ def test_corrupt_bytes_give_input_error_or_a_model(data: bytes, tmp_path: Path) 
         eager = None
     assert (lazy is None) == (eager is None), (lazy is None, eager is None)
     if lazy is not None and eager is not None:
-        _resolve(lazy, data)
-        assert lazy == eager
+        inline = [(n, w.offset, w.length) for n, w in lazy.store.slices() if w.path == path]
+        _resolve(lazy.model, inline, data)
+        assert lazy.model == eager
 
 
 @pytest.mark.parametrize("name", sorted(CRAFTED))

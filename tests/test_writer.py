@@ -14,8 +14,8 @@ from onnx import TensorProto, helper
 
 from bnfold import fold_file, fold_model
 from bnfold.graph import ModelIndex
-from bnfold.modelio import read_model, uses_external_data
-from bnfold.wire import MIN_LAZY_BYTES, is_self_reference, open_model
+from bnfold.modelio import open_model_file, uses_external_data
+from bnfold.wire import MIN_LAZY_BYTES
 from bnfold.writer import ALIGNMENT, write_model
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 from tests.ortutil import assert_fold_matches
@@ -84,16 +84,17 @@ def test_open_leaves_large_weights_in_the_file_and_writes_them_back(tmp_path: Pa
     model = _rich_model(np.random.default_rng(1))
     src = tmp_path / "m.onnx"
     src.write_bytes(model.SerializeToString())
-    lazy = open_model(src)
-    lazy_names = {t.name for t in lazy.graph.initializer if is_self_reference(t)}
-    assert lazy_names == {"w"}  # the 128-byte BN statistics and the odd tensors stay parsed
-    assert not uses_external_data(lazy)  # a self reference is not external data
+    opened = open_model_file(src)
+    lazy, store = opened.model, opened.store
+    assert set(store.names()) == {"w"}  # the 128-byte BN statistics and the odd tensors stay parsed
+    assert not opened.external and not uses_external_data(lazy)  # bytes left inline: not external
     w = next(t for t in lazy.graph.initializer if t.name == "w")
     assert not w.raw_data and w.doc_string == "the conv weight"
+    assert not w.external_data and w.data_location == TensorProto.DEFAULT  # no marker anywhere
     # the value is read from the file on demand, exactly
-    array = ModelIndex(lazy, tmp_path).main.constant("w").array()
+    array = ModelIndex(lazy, tmp_path, store).main.constant("w").array()
     np.testing.assert_array_equal(array, onnx.numpy_helper.to_array(model.graph.initializer[0]))
-    write_model(lazy, tmp_path / "out.onnx", source_dir=tmp_path)
+    write_model(lazy, tmp_path / "out.onnx", source_dir=tmp_path, store=store)
     assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
 
 
@@ -174,9 +175,9 @@ def test_lazy_threshold_keeps_small_tensors_parsed(tmp_path: Path) -> None:
     )
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
-    lazy, external = read_model(path, lazy=True)
-    assert not external
-    assert [is_self_reference(t) for t in lazy.graph.initializer] == [True, False]
+    opened = open_model_file(path)
+    assert not opened.external
+    assert [t.name in opened.store for t in opened.model.graph.initializer] == [True, False]
 
 
 @pytest.mark.parametrize("external", [False, True])
@@ -245,7 +246,8 @@ def test_fields_newer_than_this_onnx_are_kept(tmp_path: Path) -> None:
     raw = model.SerializeToString() + bytes([0xA2, 0x06, 0x02]) + b"ab"  # model field 100 = "ab"
     src = tmp_path / "m.onnx"
     src.write_bytes(raw)
-    write_model(open_model(src), tmp_path / "copy.onnx", source_dir=tmp_path)
+    opened = open_model_file(src)
+    write_model(opened.model, tmp_path / "copy.onnx", source_dir=tmp_path, store=opened.store)
     assert (tmp_path / "copy.onnx").read_bytes() == onnx.load(src).SerializeToString()
     result = fold_file(src, tmp_path / "f.onnx")
     assert result.report.folded == 1 and result.status == "folded"
@@ -260,7 +262,8 @@ def test_unknown_fields_of_a_large_tensor_are_kept(tmp_path: Path) -> None:
     w.ParseFromString(w.SerializeToString() + bytes([0xF8, 0x07, 0x07]))  # tensor field 127 = 7
     src = tmp_path / "m.onnx"
     src.write_bytes(model.SerializeToString())
-    write_model(open_model(src), tmp_path / "copy.onnx", source_dir=tmp_path)
+    opened = open_model_file(src)
+    write_model(opened.model, tmp_path / "copy.onnx", source_dir=tmp_path, store=opened.store)
     assert (tmp_path / "copy.onnx").read_bytes() == model.SerializeToString()
 
 

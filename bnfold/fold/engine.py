@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
-
-import numpy.typing as npt
 
 from bnfold import proto
 from bnfold.fold.backward import BackwardFold
@@ -14,9 +11,10 @@ from bnfold.fold.cleanup import Cleanup
 from bnfold.fold.driver import fixed_point
 from bnfold.fold.forward import ForwardFold
 from bnfold.fold.state import FoldState
-from bnfold.graph import ModelIndex, close_maps
+from bnfold.graph import ModelIndex
 from bnfold.report import FoldReport
 from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
+from bnfold.store import TensorStore
 
 #: Iterations of the fold pass at most (a chain of n BNs needs n).
 MAX_PASSES = 64
@@ -30,8 +28,9 @@ def count_nodes(model: proto.ModelProto) -> int:
 class FoldEngine:
     """Folds every foldable BatchNormalization of one model, in place.
 
-    With ``hold``, folded main-graph weights stay numpy arrays in ``held`` until the writer
-    puts them in the output file (``bnfold.writer``), instead of being copied into the model.
+    With a ``store`` (the model was opened from a file, ``modelio.open_model_file``), weights
+    are read from where the store says and folded ones stay arrays in it until the writer puts
+    them in the output file; without one, the model's protos hold every value.
     """
 
     def __init__(
@@ -41,14 +40,11 @@ class FoldEngine:
         *,
         base_dir: str | os.PathLike[str] | None = None,
         forward_rules: Sequence[ForwardRule] = FORWARD_RULES,
-        hold: bool = False,
+        store: TensorStore | None = None,
     ) -> None:
         self.model = model
-        self.state = FoldState(model, rules, forward_rules, base_dir=base_dir, hold=hold)
-
-    @property
-    def held(self) -> dict[str, npt.NDArray[Any]] | None:
-        return self.state.held
+        self.store = store
+        self.state = FoldState(model, rules, forward_rules, base_dir=base_dir, store=store)
 
     def run(self) -> FoldReport:
         try:
@@ -67,4 +63,5 @@ class FoldEngine:
                 nodes_after=count_nodes(self.model) if result.modified else nodes_before,
             )
         finally:
-            close_maps(self.state.maps)
+            if self.store is not None:
+                self.store.release_pages()

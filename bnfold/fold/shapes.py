@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from bnfold import proto
 from bnfold.graph import Scope, Shape, type_shape, value_shape
+from bnfold.store import TensorStore
 
 
 class Shapes:
     """Tensor shapes: declared ones first, onnx shape inference (on a weightless copy) on demand."""
 
-    def __init__(self, model: proto.ModelProto) -> None:
+    def __init__(self, model: proto.ModelProto, store: TensorStore | None = None) -> None:
         self.model = model
+        self.store = store
         self._inferred: dict[str, Shape] | None = None
         self.failure: str | None = None
 
@@ -31,7 +33,7 @@ class Shapes:
         return self._inferred.get(name, declared)
 
     def _infer(self) -> dict[str, Shape]:
-        light = weightless_copy(self.model)
+        light = weightless_copy(self.model, self.store)
         try:
             inferred = proto.full_onnx().shape_inference.infer_shapes(light, strict_mode=False)
         except Exception as exc:  # shape inference is best effort; the BN is skipped, with why
@@ -55,7 +57,7 @@ class Shapes:
         return ranks
 
 
-def weightless_copy(model: proto.ModelProto) -> proto.ModelProto:
+def weightless_copy(model: proto.ModelProto, store: TensorStore | None = None) -> proto.ModelProto:
     """The model with large initializers turned into typed inputs: cheap to shape-infer."""
     light = proto.ModelProto()
     light.ir_version = max(model.ir_version, 4)
@@ -69,7 +71,8 @@ def weightless_copy(model: proto.ModelProto) -> proto.ModelProto:
     declared = {vi.name for vi in src.input}
     for t in src.initializer:
         if (
-            t.data_location == proto.TensorProto.EXTERNAL
+            (store is not None and t.name in store)
+            or t.data_location == proto.TensorProto.EXTERNAL
             or len(t.raw_data) > 4096
             or len(t.float_data) > 1024
         ):

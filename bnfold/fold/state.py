@@ -7,17 +7,12 @@ at the end of the pass (``apply_structure``), so the snapshot's positions stay v
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import numpy.typing as npt
-
-from bnfold import numerics, proto, wire
+from bnfold import numerics, proto
 from bnfold.constfold import Budget
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.shapes import Shapes
@@ -29,11 +24,11 @@ from bnfold.graph import (
     Scope,
     Shape,
     del_attr,
-    release_pages,
     set_attr,
 )
 from bnfold.rules import FoldRule, ForwardRule
 from bnfold.rules._base import Chain, FoldPlan, TensorUpdate, rules_by_op
+from bnfold.store import TensorStore
 
 #: Suffix of the names a fold gives the tensors it creates (made unique model-wide).
 SUFFIX = "_bnfolded"
@@ -64,7 +59,7 @@ def node_key(scope: Scope, node: proto.NodeProto) -> NodeKey:
 
 
 class FoldState:
-    """One model being folded: the rules, shapes, weight files, held arrays and new names."""
+    """One model being folded: the rules, shapes, where its weights are, and new names."""
 
     def __init__(
         self,
@@ -73,18 +68,17 @@ class FoldState:
         forward_rules: Sequence[ForwardRule],
         *,
         base_dir: str | os.PathLike[str] | None,
-        hold: bool,
+        store: TensorStore | None,
     ) -> None:
         self.model = model
         self.base_dir = base_dir
-        # With ``hold``, folded main-graph weights stay numpy arrays until bnfold writes the file
+        # With a store, folded main-graph weights stay arrays in it until bnfold writes the file
         # (bnfold.writer), instead of being copied into the model first.
-        self.held: dict[str, npt.NDArray[Any]] | None = {} if hold else None
-        self.maps: dict[Path, mmap.mmap] = {}  # weight files mapped while folding
+        self.store = store
         self.budget = Budget()  # constant evaluation: per pass, and what was too large
         self.rules: dict[str, FoldRule] = rules_by_op(rules)
         self.forward_rules: dict[str, ForwardRule] = rules_by_op(forward_rules)
-        self.shapes = Shapes(model)
+        self.shapes = Shapes(model, store)
         self.released = Released()
         first = self.index()
         self.names = NameAllocator(first.all_names())
@@ -97,7 +91,7 @@ class FoldState:
 
     def index(self) -> ModelIndex:
         """A fresh use-def snapshot of the model as it is now."""
-        return ModelIndex(self.model, self.base_dir, self.held, self.maps, self.budget)
+        return ModelIndex(self.model, self.base_dir, self.store, self.budget)
 
     # RuleContext
     def rank(self, scope: Scope, name: str) -> int | None:
@@ -144,7 +138,8 @@ class FoldState:
         """Give ``layer`` the plan's new weights, op type and attributes."""
         for update in plan.updates:
             self.write_input(scope, layer, update, pending)
-        release_pages(self.maps)  # the weights it read are folded: let the OS have them back
+        if self.store is not None:  # the weights it read are folded: let the OS have them back
+            self.store.release_pages()
         if plan.op_type:
             layer.op_type = plan.op_type
         for attr in plan.del_attrs:
@@ -190,13 +185,13 @@ class FoldState:
 
     def holds(self, scope: Scope) -> bool:
         # main-graph initializers only: the writer lays those out one by one
-        return self.held is not None and scope.path == "main"
+        return self.store is not None and scope.path == "main"
 
     def hold(self, tensor: proto.TensorProto, update: TensorUpdate) -> None:
-        assert self.held is not None
-        key = str(len(self.held))
-        self.held[key] = numerics.storable(update.values, update.elem_type)
-        wire.hold(tensor, key, tuple(update.values.shape), update.elem_type)
+        assert self.store is not None
+        self.store.hold(
+            tensor, numerics.storable(update.values, update.elem_type), update.elem_type
+        )
 
     def apply_structure(self, index: ModelIndex, pending: Pending) -> None:
         for scope in index.scopes:
