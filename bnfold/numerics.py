@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +17,6 @@ import numpy.typing as npt
 
 from bnfold import proto
 from bnfold.proto import TensorProto
-from bnfold.store import reset_data
 
 F64 = npt.NDArray[np.float64]
 
@@ -168,7 +169,7 @@ def store(tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None
     in typed fields or in an external file.
     """
     raw = storable(values, elem_type).tobytes()
-    reset_data(tensor, tuple(values.shape), elem_type)
+    proto.reset_data(tensor, tuple(values.shape), elem_type)
     tensor.raw_data = raw
 
 
@@ -189,3 +190,83 @@ def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorPr
             f"{name}: array is {dtype_name(tensor.data_type)}, expected {dtype_name(elem_type)}"
         )
     return tensor
+
+
+#: Folded weights of at least this many bytes are not kept in memory: the fold checks them
+#: chunk by chunk and the writer computes them again, chunk by chunk, as it writes them.
+LAZY_FROM = 16 << 20
+#: Bytes of one chunk of a lazily scaled weight.
+CHUNK_BYTES = 4 << 20
+
+
+def storage_itemsize(elem_type: int) -> int:
+    """Bytes per element of the float types a fold writes."""
+    direct = _DIRECT.get(elem_type)
+    return 2 if direct is None else int(np.dtype(direct).itemsize)
+
+
+@dataclass(frozen=True)
+class LazyScaled:
+    """``values * scale`` rounded once into ``elem_type``, computed only when asked, in chunks:
+    a folded weight that costs memory only while a chunk of it is being written.
+
+    ``values`` is the weight as the rule sees it (possibly a reshaped view, e.g. ConvTranspose's
+    groups); ``shape`` is the tensor's. Chunks run along the first axis of the result that is
+    longer than 1 with only length-1 axes before it, so they are contiguous and their bytes,
+    one after the other, are the tensor's bytes. Each element is computed exactly as
+    ``scale_round`` computes it. ``release`` is called after each chunk (drop the mapped pages
+    of ``values`` that were read).
+    """
+
+    values: npt.NDArray[Any] = field(repr=False)
+    scale: F64 = field(repr=False)
+    elem_type: int
+    shape: tuple[int, ...]
+    release: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * storage_itemsize(self.elem_type)
+
+    def reshape(self, shape: Sequence[int]) -> LazyScaled:
+        return replace(self, shape=tuple(int(d) for d in shape))
+
+    def with_release(self, release: Callable[[], None]) -> LazyScaled:
+        return replace(self, release=release)
+
+    def chunks(self) -> Iterator[npt.NDArray[Any]]:
+        out_shape = np.broadcast_shapes(self.values.shape, self.scale.shape)
+        scale = self.scale.reshape((1,) * (len(out_shape) - self.scale.ndim) + self.scale.shape)
+        axis = next((i for i, d in enumerate(out_shape) if d > 1), 0)
+        if not out_shape or self.values.shape[axis] != out_shape[axis]:
+            yield scale_round(self.values, scale, self.elem_type)  # nothing to split along
+            return
+        per_row = int(np.prod(out_shape[axis + 1 :])) * storage_itemsize(self.elem_type)
+        step = max(1, CHUNK_BYTES // max(per_row, 1))
+        lead = (slice(None),) * axis
+        for start in range(0, out_shape[axis], step):
+            rows = (*lead, slice(start, start + step))
+            part_scale = scale[rows] if scale.shape[axis] > 1 else scale
+            yield scale_round(self.values[rows], part_scale, self.elem_type)
+            if self.release is not None:
+                self.release()
+
+    def materialize(self) -> npt.NDArray[Any]:
+        """The whole folded weight as an array (for a fold that reads it again)."""
+        parts = [c.reshape(-1) for c in self.chunks()]
+        return np.concatenate(parts).reshape(self.shape) if parts else np.empty(self.shape)
+
+    def count_non_finite(self) -> int:
+        """Non-finite values in the result, chunk by chunk (nothing is kept)."""
+        return sum(
+            int(np.size(c) - np.count_nonzero(np.isfinite(c.astype(np.float64))))
+            for c in self.chunks()
+            if not all_finite(c)
+        )
+
+
+Values = npt.NDArray[Any] | LazyScaled
+
+
+def materialized(values: Values) -> npt.NDArray[Any]:
+    return values.materialize() if isinstance(values, LazyScaled) else values

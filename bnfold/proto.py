@@ -64,6 +64,31 @@ def full_onnx() -> Any:
     return onnx
 
 
+# -- tensor data ---------------------------------------------------------------------------
+
+_DATA_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+    "raw_data",
+    "external_data",
+    "data_location",
+)
+
+
+def reset_data(tensor: TensorProto, shape: tuple[int, ...], elem_type: int) -> None:
+    """Drop ``tensor``'s contents wherever they were (typed fields, raw bytes, external file) and
+    give it a new shape and type; its name, doc string and metadata stay."""
+    for name in _DATA_FIELDS:
+        tensor.ClearField(name)
+    del tensor.dims[:]
+    tensor.dims.extend(shape)
+    tensor.data_type = elem_type
+
+
 # -- element types --------------------------------------------------------------------------
 
 #: ONNX element types numpy holds natively, with the typed field their values live in and how

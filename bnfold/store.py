@@ -7,7 +7,9 @@ bytes have a source in the model's ``TensorStore``:
 - a slice of a file: the large ``raw_data`` of a tensor inline in the model file (the reader
   skips it, ``bnfold.wire``) or the tensor's bytes in an external data file; read through a
   read-only memory map when a fold needs them, copied file to file when it does not;
-- an array: the values a fold computed, held until the writer puts them in the output.
+- an array: the values a fold computed, held until the writer puts them in the output;
+- a lazy fold (``numerics.LazyScaled``): a large folded weight, computed again chunk by chunk
+  as the writer writes it, so that it never is in memory whole.
 
 ``bnfold.writer`` lays each header out with its source's bytes, inline or in the output's data
 file, so at most the folded tensors are ever in memory, never a serialized copy of the model.
@@ -30,6 +32,7 @@ import numpy.typing as npt
 
 from bnfold import proto
 from bnfold.errors import InputError
+from bnfold.numerics import LazyScaled, storable
 from bnfold.proto import TensorProto
 
 
@@ -42,7 +45,7 @@ class FileSlice:
     length: int
 
 
-Source: TypeAlias = FileSlice | npt.NDArray[Any]
+Source: TypeAlias = FileSlice | npt.NDArray[Any] | LazyScaled
 
 #: Element types whose raw bytes numpy reads as they are (little-endian, as ONNX stores them).
 _PLAIN_DTYPES: dict[int, np.dtype[Any]] = {
@@ -55,28 +58,6 @@ _PLAIN_DTYPES: dict[int, np.dtype[Any]] = {
     TensorProto.INT32: np.dtype("<i4"),
     TensorProto.INT64: np.dtype("<i8"),
 }
-
-_DATA_FIELDS = (
-    "float_data",
-    "int32_data",
-    "string_data",
-    "int64_data",
-    "double_data",
-    "uint64_data",
-    "raw_data",
-    "external_data",
-    "data_location",
-)
-
-
-def reset_data(tensor: TensorProto, shape: tuple[int, ...], elem_type: int) -> None:
-    """Drop ``tensor``'s contents wherever they were (typed fields, raw bytes, external file) and
-    give it a new shape and type; its name, doc string and metadata stay."""
-    for name in _DATA_FIELDS:
-        tensor.ClearField(name)
-    del tensor.dims[:]
-    tensor.dims.extend(shape)
-    tensor.data_type = elem_type
 
 
 class TensorStore:
@@ -106,20 +87,33 @@ class TensorStore:
     def put_file(self, name: str, where: FileSlice) -> None:
         self._sources[name] = where
 
-    def hold(self, tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None:
+    def hold(
+        self, tensor: TensorProto, values: npt.NDArray[Any] | LazyScaled, elem_type: int
+    ) -> None:
         """Make ``tensor`` a header whose values are ``values`` (contiguous, little-endian: see
         ``numerics.storable``), held here until the model is written."""
-        reset_data(tensor, tuple(values.shape), elem_type)
+        proto.reset_data(tensor, tuple(values.shape), elem_type)
         self._sources[tensor.name] = values
 
     @staticmethod
     def nbytes(source: Source) -> int:
         return source.length if isinstance(source, FileSlice) else int(source.nbytes)
 
+    @staticmethod
+    def chunks(source: npt.NDArray[Any] | LazyScaled) -> Iterator[memoryview]:
+        """The bytes of a held array or lazy fold, as the file holds them, a chunk at a time."""
+        if not isinstance(source, LazyScaled):  # held arrays are stored storable already
+            yield source.reshape(-1).view(np.uint8).data
+            return
+        for part in source.chunks():
+            yield storable(part, source.elem_type).reshape(-1).view(np.uint8).data
+
     def array(self, tensor: TensorProto) -> npt.NDArray[Any]:
         """The values of header ``tensor``: a held array, or a read-only view of its file slice
         (no copy) where numpy can read the bytes as they are."""
         source = self._sources[tensor.name]
+        if isinstance(source, LazyScaled):
+            return source.materialize()  # a fold that reads it again: whole, for that fold only
         if not isinstance(source, FileSlice):
             return source
         dims = tuple(int(d) for d in tensor.dims)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
 
-import numpy as np
 import numpy.typing as npt
 from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
@@ -30,6 +29,7 @@ from google.protobuf.message import Message
 
 from bnfold import proto
 from bnfold.errors import InputError
+from bnfold.numerics import LazyScaled
 from bnfold.proto import AttributeProto, TensorProto
 from bnfold.store import FileSlice, Source, TensorStore
 from bnfold.wire import encode_varint
@@ -217,14 +217,15 @@ class _DataLayout:
             self.place(header, _raw_size(tensor), _raw_job(tensor))
 
 
-def _bytes_view(array: npt.NDArray[Any]) -> memoryview:
-    """The array's bytes without a copy (it is contiguous and little-endian: numerics.storable)."""
-    return array.reshape(-1).view(np.uint8).data
+def _write_values(out: BinaryIO, values: npt.NDArray[Any] | LazyScaled) -> None:
+    """A held array's bytes (no copy), or a lazy fold's, computed chunk by chunk."""
+    for chunk in TensorStore.chunks(values):
+        out.write(chunk)
 
 
-def _array_job(array: npt.NDArray[Any]) -> Job:
+def _array_job(array: npt.NDArray[Any] | LazyScaled) -> Job:
     def write(out: BinaryIO) -> None:
-        out.write(_bytes_view(array))
+        _write_values(out, array)
 
     return write
 
@@ -369,13 +370,13 @@ class _InlineTensor:
     size: int
     after: bytes
     source: ExternalRef | None = None  # where the bytes are when not in the model
-    array: npt.NDArray[Any] | None = None  # or the values bnfold holds for it
+    array: npt.NDArray[Any] | LazyScaled | None = None  # or the values bnfold holds for it
 
     def write(self, out: BinaryIO) -> None:
         out.write(self.before)
         out.write(_prefix(_TENSOR_RAW, self.size))
         if self.array is not None:
-            out.write(_bytes_view(self.array))
+            _write_values(out, self.array)
         elif self.source is not None:
             _copy_job(self.source)(out)
         else:

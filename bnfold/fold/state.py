@@ -160,10 +160,12 @@ class FoldState:
                 if const.tensor is not None and const.node is None and self.holds(scope):
                     self.hold(const.tensor, update)
                 elif const.tensor is not None and const.node is None:
-                    numerics.store(const.tensor, update.values, update.elem_type)
+                    values = numerics.materialized(update.values)
+                    numerics.store(const.tensor, values, update.elem_type)
                 else:
                     assert const.node is not None
-                    tensor = numerics.make_tensor(old, update.values, update.elem_type)
+                    values = numerics.materialized(update.values)
+                    tensor = numerics.make_tensor(old, values, update.elem_type)
                     del const.node.attribute[:]
                     const.node.attribute.append(proto.make_attribute("value", tensor))
                 return
@@ -173,7 +175,8 @@ class FoldState:
             tensor = proto.TensorProto(name=name)
             self.hold(tensor, update)
         else:
-            tensor = numerics.make_tensor(name, update.values, update.elem_type)
+            values = numerics.materialized(update.values)
+            tensor = numerics.make_tensor(name, values, update.elem_type)
         if scope.graph is not None:
             scope.graph.initializer.append(tensor)
         else:
@@ -189,9 +192,12 @@ class FoldState:
 
     def hold(self, tensor: proto.TensorProto, update: TensorUpdate) -> None:
         assert self.store is not None
-        self.store.hold(
-            tensor, numerics.storable(update.values, update.elem_type), update.elem_type
-        )
+        values = update.values
+        if isinstance(values, numerics.LazyScaled):  # computed again, in chunks, when written
+            held: numerics.Values = values.with_release(self.store.release_pages)
+        else:
+            held = numerics.storable(values, update.elem_type)
+        self.store.hold(tensor, held, update.elem_type)
 
     def apply_structure(self, index: ModelIndex, pending: Pending) -> None:
         for scope in index.scopes:

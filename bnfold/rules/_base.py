@@ -362,9 +362,24 @@ def rounded(values: F64, elem_type: int, what: str) -> npt.NDArray[Any]:
 
 def rounded_scaled(
     values: npt.NDArray[Any], scale: F64, elem_type: int, what: str
-) -> npt.NDArray[Any]:
-    """``values * scale`` in float64, rounded once into ``elem_type``; Skip as ``rounded``."""
-    return _finite(numerics.scale_round(values, scale, elem_type), elem_type, what)
+) -> numerics.Values:
+    """``values * scale`` in float64, rounded once into ``elem_type``; Skip as ``rounded``.
+
+    A weight of ``numerics.LAZY_FROM`` bytes or more is checked chunk by chunk and returned as
+    a ``LazyScaled``, computed again when it is written: memory stays at one chunk.
+    """
+    if values.nbytes < numerics.LAZY_FROM or values.ndim == 0:
+        return _finite(numerics.scale_round(values, scale, elem_type), elem_type, what)
+    shape = tuple(np.broadcast_shapes(values.shape, scale.shape))
+    lazy = numerics.LazyScaled(values, scale, elem_type, shape)
+    bad = lazy.count_non_finite()
+    if bad:
+        raise Skip(
+            Reason.NON_FINITE,
+            f"folding would give {bad} non-finite value(s) in the {what} "
+            f"({numerics.dtype_name(elem_type)}), e.g. from a near-zero variance",
+        )
+    return lazy
 
 
 def _finite(out: npt.NDArray[Any], elem_type: int, what: str) -> npt.NDArray[Any]:
@@ -440,7 +455,7 @@ class TensorUpdate:
     """New contents for one input of the producer (a weight or bias), already rounded."""
 
     input_index: int
-    values: npt.NDArray[Any]
+    values: numerics.Values  # an array, or a large weight computed when written
     elem_type: int
     name_hint: str
 
@@ -527,7 +542,7 @@ class LayerBeforeRule:
         after it makes)."""
         raise NotImplementedError
 
-    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         """The weight with each output channel c scaled by s[c], rounded into its dtype."""
         raise NotImplementedError
 

@@ -7,11 +7,7 @@ channel is always axis 0. A missing bias is created; an existing one becomes s *
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy.typing as npt
-
-from bnfold import proto
+from bnfold import numerics, proto
 from bnfold.graph import Constant, Scope
 from bnfold.rules._base import (
     F64,
@@ -36,7 +32,7 @@ class ConvBN(LayerBeforeRule):
             )
         return w.shape[0], len(w.shape)
 
-    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         scale = s.reshape((w.shape[0],) + (1,) * (len(w.shape) - 1))
         return rounded_scaled(w.array(), scale, w.elem_type, "weight")
 

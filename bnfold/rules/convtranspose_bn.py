@@ -7,11 +7,7 @@ onnxoptimizer patch did) is wrong for every ConvTranspose.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy.typing as npt
-
-from bnfold import proto
+from bnfold import numerics, proto
 from bnfold.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.rules._base import (
     F64,
@@ -46,7 +42,7 @@ class ConvTransposeBN(LayerBeforeRule):
             )
         return group * shape[1], len(shape)
 
-    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         group = int(get_attr(layer, "group", 1))
         shape = w.shape
         per_group = shape[1]

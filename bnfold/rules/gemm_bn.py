@@ -7,10 +7,8 @@ it is (exact); beta is folded into the new C, which may be absent, a scalar, [N]
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from bnfold import numerics, proto
 from bnfold.graph import Constant, Scope, attr_is_reference, get_attr
@@ -48,7 +46,7 @@ class GemmBN(LayerBeforeRule):
             raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} B has shape {list(w.shape)}")
         return (w.shape[0] if int(get_attr(layer, "transB", 0)) else w.shape[1]), 2
 
-    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         column_scale = s[:, None] if int(get_attr(layer, "transB", 0)) else s[None, :]
         return rounded_scaled(w.array(), column_scale, w.elem_type, "B")
 

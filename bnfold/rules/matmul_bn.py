@@ -8,11 +8,8 @@ rank must be known and equal 2. The result is one Gemm: A @ B' + C'.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-import numpy.typing as npt
-
-from bnfold import proto
+from bnfold import numerics, proto
 from bnfold.graph import Constant, Scope
 from bnfold.rules._base import (
     F64,
@@ -43,7 +40,7 @@ class MatMulBN(LayerBeforeRule):
         _check_rank_2(ctx, scope, layer, after)
         return w.shape[1], 2
 
-    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> npt.NDArray[Any]:
+    def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         return rounded_scaled(w.array(), s[None, :], w.elem_type, "B")
 
     def layer_bias(
