@@ -194,7 +194,7 @@ def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorPr
 
 #: Folded weights of at least this many bytes are not kept in memory: the fold checks them
 #: chunk by chunk and the writer computes them again, chunk by chunk, as it writes them.
-LAZY_FROM = 16 << 20
+LAZY_FROM = 1 << 20
 #: Bytes of one chunk of a lazily scaled weight.
 CHUNK_BYTES = 4 << 20
 
