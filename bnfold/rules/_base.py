@@ -365,7 +365,7 @@ def rounded_scaled(
 ) -> numerics.Values:
     """``values * scale`` in float64, rounded once into ``elem_type``; Skip as ``rounded``.
 
-    A weight of ``numerics.LAZY_FROM`` bytes or more is checked chunk by chunk and returned as
+    A weight of ``numerics.LAZY_FROM`` bytes (1 MiB) or more is checked chunk by chunk and returned as
     a ``LazyScaled``, computed again when it is written: memory stays at one chunk.
     """
     if values.nbytes < numerics.LAZY_FROM or values.ndim == 0:
