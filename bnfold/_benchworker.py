@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bnfold._worker import _ORT_TYPES, BackendError, serve
+from bnfold._worker import BackendError, first_line, serve, session_inputs
 from bnfold.benchstats import median_ci, ratio_ci, relative_half_width
 from bnfold.errors import UsageError
 from bnfold.inputs import InputSpec, make_feeds, resolve_shapes
@@ -82,24 +82,13 @@ def open_session(
     try:
         session = ort.InferenceSession(path, options, providers=[provider])
     except Exception as exc:  # onnxruntime raises its own exception types for every failure
-        raise BackendError(f"{provider} @ {level}: {_first_line(exc)}") from None
+        raise BackendError(f"{provider} @ {level}: {first_line(exc)}") from None
     if provider not in session.get_providers():  # e.g. TensorRT without its libraries
         raise BackendError(
             f"onnxruntime did not use {provider} for the session (it fell back to "
             f"{', '.join(session.get_providers())}), so its timings would be mislabelled"
         )
-    specs = []
-    for i in session.get_inputs():
-        if i.type not in _ORT_TYPES:
-            raise BackendError(f"input '{i.name}' has type {i.type}, which bnfold cannot feed")
-        shape = tuple(d if isinstance(d, int) else (d or None) for d in i.shape)
-        specs.append(InputSpec(i.name, _ORT_TYPES[i.type], shape))
-    return session, specs
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return session, session_inputs(session)
 
 
 def batch_plan(

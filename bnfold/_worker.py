@@ -76,14 +76,19 @@ def open_session(
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for every failure
-        raise BackendError(_first_line(exc)) from None
+        raise BackendError(first_line(exc)) from None
+    return session, session_inputs(session), [o.name for o in session.get_outputs()]
+
+
+def session_inputs(session: Any) -> list[InputSpec]:
+    """What an onnxruntime session wants fed; BackendError for a type bnfold cannot make."""
     specs = []
     for i in session.get_inputs():
         if i.type not in _ORT_TYPES:
             raise BackendError(f"input '{i.name}' has type {i.type}, which bnfold cannot feed")
         shape = tuple(d if isinstance(d, int) else (d or None) for d in i.shape)
         specs.append(InputSpec(i.name, _ORT_TYPES[i.type], shape))
-    return session, specs, [o.name for o in session.get_outputs()]
+    return specs
 
 
 def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
@@ -94,7 +99,7 @@ def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
         try:
             return list(session.run(None, feed))
         except Exception as exc:
-            raise BackendError(_first_line(exc)) from None
+            raise BackendError(first_line(exc)) from None
 
     return specs, outputs, run
 
@@ -215,14 +220,14 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         evaluator = ReferenceEvaluator(model, new_ops=_reference_ops(opset))
     except Exception as exc:  # the reference evaluator raises anything for unsupported models
-        raise BackendError(_first_line(exc)) from None
+        raise BackendError(first_line(exc)) from None
     outputs = output_names(model)
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             return [np.asarray(r) for r in evaluator.run(None, feed)]
         except Exception as exc:
-            raise BackendError(_first_line(exc)) from None
+            raise BackendError(first_line(exc)) from None
 
     return input_specs(model), outputs, run
 
@@ -230,7 +235,8 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 # -- the comparison -----------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 400 characters), for a report."""
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line[:400]
@@ -323,7 +329,7 @@ def serve(argv: Sequence[str], handle: Callable[[dict[str, Any]], dict[str, Any]
     try:
         request = json.loads(Path(request_path).read_text())
     except (OSError, ValueError) as exc:
-        print(f"cannot read the request {request_path}: {_first_line(exc)}", file=sys.stderr)
+        print(f"cannot read the request {request_path}: {first_line(exc)}", file=sys.stderr)
         return 2
     if request.get("parent_fd") is not None:
         cleanup = [Path(request_path).parent, *map(Path, request.get("cleanup") or ())]
@@ -343,14 +349,14 @@ def serve(argv: Sequence[str], handle: Callable[[dict[str, Any]], dict[str, Any]
         tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
         result = {
             "status": "backend_error",
-            "message": f"{type(exc).__name__}: {_first_line(exc)} ({tb})",
+            "message": f"{type(exc).__name__}: {first_line(exc)} ({tb})",
         }
     try:
         Path(result_path).write_text(json.dumps(result))
     except OSError as exc:
         with contextlib.suppress(OSError):
             Path(result_path).unlink()  # no half-written result for the parent to misread
-        print(exc.strerror or _first_line(exc), file=sys.stderr)
+        print(exc.strerror or first_line(exc), file=sys.stderr)
         return EXIT_NO_RESULT
     return 0
 

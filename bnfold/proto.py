@@ -110,6 +110,12 @@ _PLAIN: dict[int, tuple[np.dtype[Any], str]] = {
 _BY_DTYPE: dict[np.dtype[Any], int] = {dt.newbyteorder("="): t for t, (dt, _) in _PLAIN.items()}
 
 
+def raw_dtype(elem_type: int) -> np.dtype[Any] | None:
+    """The little-endian numpy dtype whose bytes are this element type's raw data, if any."""
+    plain = _PLAIN.get(elem_type)
+    return plain[0] if plain is not None else None
+
+
 def np_dtype_to_tensor_dtype(dtype: np.dtype[Any]) -> int:
     """The ONNX element type of a numpy dtype."""
     found = _BY_DTYPE.get(np.dtype(dtype).newbyteorder("="))

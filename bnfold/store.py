@@ -47,18 +47,6 @@ class FileSlice:
 
 Source: TypeAlias = FileSlice | npt.NDArray[Any] | LazyScaled
 
-#: Element types whose raw bytes numpy reads as they are (little-endian, as ONNX stores them).
-_PLAIN_DTYPES: dict[int, np.dtype[Any]] = {
-    TensorProto.FLOAT: np.dtype("<f4"),
-    TensorProto.DOUBLE: np.dtype("<f8"),
-    TensorProto.FLOAT16: np.dtype("<f2"),
-    TensorProto.INT8: np.dtype("i1"),
-    TensorProto.UINT8: np.dtype("u1"),
-    TensorProto.INT16: np.dtype("<i2"),
-    TensorProto.INT32: np.dtype("<i4"),
-    TensorProto.INT64: np.dtype("<i8"),
-}
-
 
 class TensorStore:
     """The sources of the main graph's header initializers, by name (unique in a graph)."""
@@ -117,7 +105,7 @@ class TensorStore:
         if not isinstance(source, FileSlice):
             return source
         dims = tuple(int(d) for d in tensor.dims)
-        dtype = _PLAIN_DTYPES.get(tensor.data_type)
+        dtype = proto.raw_dtype(tensor.data_type)
         try:
             if dtype is not None and source.length == dtype.itemsize * int(np.prod(dims)):
                 mapped = self._mapped(source.path)

@@ -365,8 +365,8 @@ def rounded_scaled(
 ) -> numerics.Values:
     """``values * scale`` in float64, rounded once into ``elem_type``; Skip as ``rounded``.
 
-    A weight of ``numerics.LAZY_FROM`` bytes (1 MiB) or more is checked chunk by chunk and returned as
-    a ``LazyScaled``, computed again when it is written: memory stays at one chunk.
+    A weight of ``numerics.LAZY_FROM`` bytes (1 MiB) or more is checked chunk by chunk and
+    returned as a ``LazyScaled``, computed again when it is written: memory stays at one chunk.
     """
     if values.nbytes < numerics.LAZY_FROM or values.ndim == 0:
         return _finite(numerics.scale_round(values, scale, elem_type), elem_type, what)
