@@ -206,6 +206,9 @@ class Chain:
     producer: proto.NodeProto
     through: list[proto.NodeProto] = field(default_factory=list)  # nearest the BN first
     adds: list[Constant] = field(default_factory=list)  # the constants of the Add nodes
+    #: the nodes this pass already changed (a rule that walks further, e.g. into the inputs of a
+    #: Concat, must Defer on them too)
+    is_dirty: Callable[[proto.NodeProto], bool] = field(default=lambda node: False, repr=False)
 
 
 def _check_single_use(scope: Scope, name: str, reader: proto.NodeProto) -> None:
@@ -267,7 +270,7 @@ def walk_chain(
                 name, reader = other, node
                 continue
         if node.domain in ("", "ai.onnx") and node.op_type in producer_ops:
-            return Chain(producer=node, through=through, adds=adds)
+            return Chain(producer=node, through=through, adds=adds, is_dirty=is_dirty)
         via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
         raise Skip(
             Reason.UNSUPPORTED_PRODUCER,
@@ -451,6 +454,9 @@ class FoldPlan:
     op_type: str | None = None  # a new op type for the producer (MatMul becomes Gemm)
     set_attrs: dict[str, Any] = field(default_factory=dict)
     del_attrs: tuple[str, ...] = ()
+    #: folds into the layers that feed the producer (the inputs of a Concat): each chain's layer
+    #: takes its plan, the nodes between it and the producer go
+    branches: list[tuple[Chain, FoldPlan]] = field(default_factory=list)
 
 
 class RuleContext(Protocol):
