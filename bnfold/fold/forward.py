@@ -1,5 +1,5 @@
 """Folding forward: a BatchNormalization that nothing before it can take goes into the unpadded
-Conv or the [Flatten ->] Gemm after it.
+Conv, the Gemm or the 2-D MatMul after it (also through a Flatten/Reshape to [N, C*HW]).
 
 The backward pass calls ``settle`` at the BN's place in its walk, with the same snapshot and
 the same set of nodes changed so far: a fold forward then claims the layer after the BN before
@@ -69,6 +69,7 @@ class ForwardFold:
             plan = rule.plan_forward(state, scope, bn, following)
         except Skip as skip:
             return skip
+        op = consumer.op_type  # before the rewrite: a MatMul becomes a Gemm
         state.rewrite(scope, consumer, plan, pending)
         for const in bn.params:
             state.released.constants[(const.scope.path, const.name)] = None
@@ -76,6 +77,7 @@ class ForwardFold:
         (following.flatten or consumer).input[0] = bn.x
         pending.deletes.setdefault(scope.path, []).append(bn_node)
         dirty.update(id(n) for n in touched if n is not None)
-        via = " through Flatten" if following.flatten is not None else ""
+        via = f" through {following.flatten.op_type}" if following.flatten is not None else ""
         target = consumer.name or consumer.output[0]
-        return f"folded into the {consumer.op_type} '{target}' after it{via}"
+        was = f" (was {op})" if plan.op_type else ""
+        return f"folded into the {consumer.op_type} '{target}'{was} after it{via}"

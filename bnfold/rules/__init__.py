@@ -6,6 +6,7 @@ from __future__ import annotations
 from bnfold.rules import (
     bn_into_conv,
     bn_into_gemm,
+    bn_into_matmul,
     concat_bn,
     conv_bn,
     convtranspose_bn,
@@ -31,6 +32,7 @@ DEFAULT_RULES: tuple[FoldRule, ...] = (
 FORWARD_RULES: tuple[ForwardRule, ...] = (
     bn_into_conv.RULE,
     bn_into_gemm.RULE,
+    bn_into_matmul.RULE,
 )
 
 __all__ = [

@@ -386,17 +386,23 @@ def _finite(out: npt.NDArray[Any], elem_type: int, what: str) -> npt.NDArray[Any
 
 @dataclass
 class Following:
-    """The layer that reads a BatchNormalization's output, directly or through a Flatten."""
+    """The layer that reads a BatchNormalization's output, directly or through a Flatten (or a
+    Reshape, which the rule must check flattens)."""
 
     consumer: proto.NodeProto
     flatten: proto.NodeProto | None = None
+
+
+#: Layers a BatchNormalization may reach through a Flatten/Reshape (they take 2-D input).
+AFTER_FLATTEN = ("Gemm", "MatMul")
 
 
 def find_following(
     scope: Scope, bn: proto.NodeProto, consumer_ops: tuple[str, ...]
 ) -> Following | None:
     """The only reader of BN's output when it is one of ``consumer_ops`` reading it as its data
-    input (or a Flatten whose only reader is), else None: then there is nothing to fold into."""
+    input (or a Flatten/Reshape whose only reader is a Gemm/MatMul), else None: then there is
+    nothing to fold into."""
 
     def only_reader(name: str) -> proto.NodeProto | None:
         if name in scope.output_set or scope.uses(name) != 1:
@@ -408,13 +414,87 @@ def find_following(
 
     reader = only_reader(bn.output[0])
     flatten = None
-    if reader is not None and is_op(reader, "Flatten") and len(reader.output) == 1:
+    if (
+        reader is not None
+        and (is_op(reader, "Flatten") or is_op(reader, "Reshape"))
+        and len(reader.output) == 1
+    ):
         flatten, reader = reader, only_reader(reader.output[0])
     if reader is None or reader.domain not in ("", "ai.onnx") or reader.op_type not in consumer_ops:
         return None
-    if flatten is not None and reader.op_type != "Gemm":
+    if flatten is not None and reader.op_type not in AFTER_FLATTEN:
         return None
     return Following(reader, flatten)
+
+
+def flattened_spatial(ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following) -> int:
+    """How many input columns of the layer after it each channel becomes: 1 without a Flatten,
+    else the spatial size H*W..., since Flatten(axis=1) of [N, C, H, W] puts channel c at columns
+    c*HW .. c*HW + HW - 1 (NCHW order). A Reshape must flatten the same way, to [N, C*HW]."""
+    flatten = following.flatten
+    if flatten is None:
+        return 1
+    shape = ctx.shape(scope, bn.x)
+    if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
+        raise Skip(
+            Reason.UNKNOWN_SHAPE,
+            f"the {describe(flatten)} after it flattens '{bn.x}', whose shape "
+            f"{list(shape) if shape is not None else '(unknown)'} is not known past the batch "
+            "axis: the columns of each channel cannot be told",
+        )
+    if shape[1] != bn.channels:
+        raise Skip(
+            Reason.SHAPE_MISMATCH,
+            f"it has {bn.channels} channels but its input '{bn.x}' has shape {list(shape)}",
+        )
+    spatial = int(np.prod([int(d) for d in shape[2:] if d is not None], dtype=np.int64))
+    if is_op(flatten, "Flatten"):
+        if attr_is_reference(flatten, ("axis",)):
+            raise Skip(
+                Reason.FUNCTION_ATTRIBUTE,
+                f"the {describe(flatten)} after it takes its axis from the function's attributes",
+            )
+        axis = int(get_attr(flatten, "axis", 1))
+        axis = axis + len(shape) if axis < 0 else axis
+        if axis != 1:
+            raise Skip(
+                Reason.NOT_PER_CHANNEL,
+                f"the {describe(flatten)} after it (axis {axis}) turns shape {list(shape)} into "
+                "rows and columns that do not keep the batch axis apart from the channels",
+            )
+        return spatial
+    _check_reshape_flattens(scope, flatten, shape, spatial * bn.channels)
+    return spatial
+
+
+def _check_reshape_flattens(
+    scope: Scope, reshape: proto.NodeProto, shape: Shape, columns: int
+) -> None:
+    """Skip unless the Reshape turns ``shape`` [N, C, ...] into [N, C*HW] (N kept as a 0, a -1,
+    or its own known value)."""
+    try:
+        target = scope.constant(reshape.input[1] if len(reshape.input) > 1 else "")
+    except NotConstant as exc:
+        raise Skip(
+            Reason.UNKNOWN_SHAPE,
+            f"the {describe(reshape)} after it takes its shape from a value that is not a "
+            f"constant ({exc}): it cannot be told to flatten per channel",
+        ) from None
+    dims = [int(d) for d in np.asarray(target.array()).reshape(-1)]
+    allowzero = int(get_attr(reshape, "allowzero", 0))
+    batch, known = shape[0], len(target.shape) == 1 and len(dims) == 2
+    ok = known and (
+        (dims[0] in (-1, 0) if not allowzero else dims[0] == -1)
+        or (batch is not None and dims[0] == batch)
+    )
+    if ok:
+        ok = dims[1] == columns or (dims[1] == -1 and dims[0] != -1)
+    if not ok:
+        raise Skip(
+            Reason.NOT_PER_CHANNEL,
+            f"the {describe(reshape)} after it reshapes {list(shape)} to {dims}, not to "
+            f"[N, {columns}]: its columns are not the channels' positions in NCHW order",
+        )
 
 
 class ForwardRule(Protocol):
@@ -433,6 +513,15 @@ def input_shift(bn: BatchNorm) -> F64:
     with np.errstate(over="ignore", invalid="ignore"):
         shift: F64 = bn.beta - bn.s * bn.mean
     return shift
+
+
+def per_column(bn: BatchNorm, spatial: int) -> tuple[F64, F64]:
+    """(s, t) per input column of the layer after it: each channel's repeated ``spatial`` times
+    (NCHW flatten order)."""
+    t = input_shift(bn)
+    if spatial == 1:
+        return bn.s, t
+    return np.repeat(bn.s, spatial), np.repeat(t, spatial)
 
 
 # -- what a rule returns ---------------------------------------------------------------------
