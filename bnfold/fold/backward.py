@@ -122,13 +122,8 @@ class BackwardFold:
             if plan.op_type
             else (f"folded into {chain.producer.op_type} '{target}'")
         )
-        if plan.branches:
-            layers = ", ".join(
-                f"{b.producer.op_type} '{b.producer.name or b.producer.output[0]}'"
-                for b, _ in plan.branches
-            )
-            verb = f"split by channel into the {len(plan.branches)} layers Concat '{target}' "
-            verb += f"joins ({layers})"
+        if plan.note:
+            verb = f"folded {plan.note}"
         return decide(
             scope, bn_node, Reason.FOLDED, f"{verb}{via}", layer=chain.producer, chain=chain
         )
@@ -186,6 +181,8 @@ def _apply_branch(
     the Concat go, and the layer writes the value the Concat reads."""
     layer = branch.producer
     state.rewrite(scope, layer, plan, pending)
+    if plan.add_after is not None:
+        state.add_after(scope, layer, plan.add_after, pending)
     for const in branch.adds:
         state.released.constants[(const.scope.path, const.name)] = None
     if not branch.through:

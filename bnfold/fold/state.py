@@ -11,7 +11,7 @@ import mmap
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,23 @@ class FoldState:
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
+
+    def add_after(
+        self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending
+    ) -> None:
+        """Insert ``Add(layer's output, update.values)`` right after ``layer``, which keeps its
+        output name (the Add takes it): the bias of a MatMul that has none."""
+        out = layer.output[0]
+        layer.output[0] = self.names.new(_safe_name(out) + SUFFIX)
+        add = proto.make_node("Add", [layer.output[0], ""], [out], name=layer.output[0])
+        after = next(n for n in scope.nodes if out in n.input)  # a reader: the Add goes before it
+        inserts = pending.inserts.setdefault(scope.path, [])
+        first = len(inserts)
+        self.write_input(scope, add, replace(update, input_index=1), pending)
+        made = [new for _, new in inserts[first:]]  # a Constant node, in a function body
+        del inserts[first:]
+        # inserted at one place in this order, they end up reversed: the Constant, then the Add
+        inserts.extend([(after, add), *((after, new) for new in made)])
 
     def holds(self, scope: Scope) -> bool:
         # main-graph initializers only: the writer lays those out one by one

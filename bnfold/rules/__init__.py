@@ -12,6 +12,7 @@ from bnfold.rules import (
     convtranspose_bn,
     gemm_bn,
     matmul_bn,
+    reshape_bn,
 )
 from bnfold.rules._base import FoldRule, ForwardRule, LayerBeforeRule, Reason, Skip, rules_by_op
 
@@ -26,6 +27,7 @@ LAYER_RULES: tuple[FoldRule, ...] = (
 DEFAULT_RULES: tuple[FoldRule, ...] = (
     *LAYER_RULES,
     concat_bn.ConcatBN(LAYER_RULES),
+    reshape_bn.ReshapeBN((gemm_bn.RULE, matmul_bn.RULE)),
 )
 
 #: Rules for a BatchNormalization that cannot fold into the layer before it: into the one after.
@@ -38,6 +40,7 @@ FORWARD_RULES: tuple[ForwardRule, ...] = (
 __all__ = [
     "DEFAULT_RULES",
     "FORWARD_RULES",
+    "LAYER_RULES",
     "FoldRule",
     "ForwardRule",
     "LayerBeforeRule",

@@ -271,12 +271,17 @@ def walk_chain(
                 continue
         if node.domain in ("", "ai.onnx") and node.op_type in producer_ops:
             return Chain(producer=node, through=through, adds=adds, is_dirty=is_dirty)
-        via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
-        raise Skip(
-            Reason.UNSUPPORTED_PRODUCER,
-            f"it follows {describe(node)}{via}; only Conv, ConvTranspose, Gemm and MatMul "
-            "are folded",
-        )
+        raise unsupported_producer(node, through)
+
+
+def unsupported_producer(node: proto.NodeProto, through: Sequence[proto.NodeProto]) -> Skip:
+    """The refusal for a BN after ``node`` (through ``through``, nearest the BN first)."""
+    via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
+    return Skip(
+        Reason.UNSUPPORTED_PRODUCER,
+        f"it follows {describe(node)}{via}; only Conv, ConvTranspose, Gemm and MatMul "
+        "are folded",
+    )
 
 
 def split_constant(scope: Scope, node: proto.NodeProto) -> tuple[Constant | None, str | None]:
@@ -546,6 +551,10 @@ class FoldPlan:
     #: folds into the layers that feed the producer (the inputs of a Concat): each chain's layer
     #: takes its plan, the nodes between it and the producer go
     branches: list[tuple[Chain, FoldPlan]] = field(default_factory=list)
+    #: a bias to add right after the layer, in a new Add node (a MatMul that has none)
+    add_after: TensorUpdate | None = None
+    #: what the fold did, for the report (default: "folded into <the producer>")
+    note: str = ""
 
 
 class RuleContext(Protocol):

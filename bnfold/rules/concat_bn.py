@@ -99,7 +99,15 @@ class ConcatBN:
                 branches.append((sub, rule.plan(ctx, scope, piece, sub)))
             except Skip as skip:
                 raise _at_input(skip, k, concat.input[k], concat) from None
-        return FoldPlan([], branches=branches)
+        layers = ", ".join(
+            f"{sub.producer.op_type} '{sub.producer.name or sub.producer.output[0]}'"
+            for sub, _ in branches
+        )
+        note = (
+            f"by channel slices into the {len(branches)} layers "
+            f"{describe(concat)} joins ({layers})"
+        )
+        return FoldPlan([], branches=branches, note=note)
 
 
 def _at_input(skip: Skip, k: int, name: str, concat: proto.NodeProto) -> Skip:

@@ -79,7 +79,7 @@ def csp(
 def test_concat_bn_splits_into_both_convs(axis: int) -> None:
     result = assert_fold_matches(csp(axis=axis), expect_folded=1)
     (decision,) = result.report.decisions
-    assert "split by channel into the 2 layers" in decision.message
+    assert "folded by channel slices into the 2 layers" in decision.message
     assert count_ops(result.model, "BatchNormalization") == 0
     assert result.model.graph.node[-2].output[0] == "n"  # the Concat writes the BN's output
 
