@@ -60,11 +60,9 @@ def assert_fold_matches(
     result = fold_model(model)
     assert model.SerializeToString() == before, "fold_model changed its input"
     assert result.report.folded == expect_folded, result.report.to_dict()
-    assert (
-        count_ops(result.model, "BatchNormalization")
-        == count_ops(model, "BatchNormalization")
-        - (expect_folded if bn_folded is None else bn_folded)
-    )
+    assert count_ops(result.model, "BatchNormalization") == count_ops(
+        model, "BatchNormalization"
+    ) - (expect_folded if bn_folded is None else bn_folded)
     if _valid(model):  # a valid model stays valid
         onnx.checker.check_model(result.model, full_check=True)
     feeds = random_feeds(model, seed)

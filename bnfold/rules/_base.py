@@ -279,8 +279,7 @@ def unsupported_producer(node: proto.NodeProto, through: Sequence[proto.NodeProt
     via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
     return Skip(
         Reason.UNSUPPORTED_PRODUCER,
-        f"it follows {describe(node)}{via}; only Conv, ConvTranspose, Gemm and MatMul "
-        "are folded",
+        f"it follows {describe(node)}{via}; only Conv, ConvTranspose, Gemm and MatMul are folded",
     )
 
 

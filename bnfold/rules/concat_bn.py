@@ -104,8 +104,7 @@ class ConcatBN:
             for sub, _ in branches
         )
         note = (
-            f"by channel slices into the {len(branches)} layers "
-            f"{describe(concat)} joins ({layers})"
+            f"by channel slices into the {len(branches)} layers {describe(concat)} joins ({layers})"
         )
         return FoldPlan([], branches=branches, note=note)
 

@@ -137,7 +137,7 @@ def _layer_behind(scope: Scope, name: str) -> str | None:
             if const is not None and other is not None:
                 name = other
                 continue
-        return node.op_type
+        return str(node.op_type)
     return None
 
 
@@ -200,9 +200,13 @@ def _keeps_batch(scope: Scope, node: proto.NodeProto, shape: Shape, out: Shape) 
     if dims[0] == 0:
         return not int(get_attr(node, "allowzero", 0))
     rest = dims[1:]
-    return dims[0] == -1 and all(d > 0 for d in rest) and (
-        int(np.prod(rest, dtype=np.int64))
-        == int(np.prod([d for d in shape[1:] if d is not None], dtype=np.int64))
+    return (
+        dims[0] == -1
+        and all(d > 0 for d in rest)
+        and (
+            int(np.prod(rest, dtype=np.int64))
+            == int(np.prod([d for d in shape[1:] if d is not None], dtype=np.int64))
+        )
     )
 
 

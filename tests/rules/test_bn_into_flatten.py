@@ -69,7 +69,9 @@ def test_bn_flatten_gemm(attrs: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "shape", [[0, -1], [-1, C * H * W], [2, -1], [0, C * H * W]], ids=["0,-1", "-1,CHW", "N,-1", "0,CHW"]
+    "shape",
+    [[0, -1], [-1, C * H * W], [2, -1], [0, C * H * W]],
+    ids=["0,-1", "-1,CHW", "N,-1", "0,CHW"],
 )
 @pytest.mark.parametrize("layer", ["gemm", "matmul"])
 def test_bn_reshape_flatten(shape: list[int], layer: str) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from bnfold import fold_model
 from tests.builders import bn_initializers, bn_node, bn_stats, make_model, tensor, vinfo

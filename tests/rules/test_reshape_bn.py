@@ -65,7 +65,9 @@ def chain(
 )
 @pytest.mark.parametrize("layer", ["MatMul", "Gemm"])
 def test_linear_reshaped_to_nc11(target: list[int], layer: str) -> None:
-    result = assert_fold_matches(chain([3, 6], [("Reshape", target)], 5, layer=layer), expect_folded=1)
+    result = assert_fold_matches(
+        chain([3, 6], [("Reshape", target)], 5, layer=layer), expect_folded=1
+    )
     (decision,) = result.report.decisions
     assert "through Reshape 'r0' (its columns are the channels)" in decision.message
     assert [n.op_type for n in result.model.graph.node] == ["Gemm", "Reshape", "Relu"]
@@ -104,7 +106,8 @@ def test_reshape_then_transpose() -> None:
     [1, 5, 1, 1]."""
     moves = [("Reshape", [-1, 1, 1, 5]), ("Transpose", [0, 3, 1, 2])]
     result = assert_fold_matches(chain([1, 6], moves, 5), expect_folded=1)
-    assert "(was MatMul) through Reshape 'r0' and Transpose 't1'" in result.report.decisions[0].message
+    message = result.report.decisions[0].message
+    assert "(was MatMul) through Reshape 'r0' and Transpose 't1'" in message
 
 
 def _refused(model: onnx.ModelProto, reason: str, *words: str) -> None:
