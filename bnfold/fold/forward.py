@@ -16,7 +16,14 @@ from bnfold import proto
 from bnfold.fold.state import FoldState, Pending
 from bnfold.graph import Scope
 from bnfold.report import BNDecision
-from bnfold.rules._base import Defer, Reason, Skip, find_following, read_batchnorm
+from bnfold.rules._base import (
+    Defer,
+    Reason,
+    Skip,
+    blocked_flatten,
+    find_following,
+    read_batchnorm,
+)
 
 
 class ForwardFold:
@@ -45,6 +52,13 @@ class ForwardFold:
                 f"{forward.message} (and not into the layer before it: {skip.message})",
             )
         message = skip.message
+        blocked = (
+            blocked_flatten(scope, node, tuple(self.state.forward_rules))
+            if forward is None
+            else None
+        )
+        if blocked:
+            message = f"{message} ({blocked})"
         failure = self.state.shapes.failure
         if skip.reason in (Reason.UNKNOWN_RANK, Reason.UNKNOWN_SHAPE) and failure:
             message = f"{message} (shape inference failed: {failure})"

@@ -431,6 +431,30 @@ def find_following(
     return Following(reader, flatten)
 
 
+def blocked_flatten(scope: Scope, bn: proto.NodeProto, consumer_ops: tuple[str, ...]) -> str | None:
+    """Why BN -> X -> Flatten/Reshape -> Gemm/MatMul does not fold forward (X, e.g. a Relu, is in
+    the way and not linear), or None when the BN is not followed that way."""
+    path: list[proto.NodeProto] = []
+    name = bn.output[0]
+    for _ in range(3):
+        readers = scope.consumer_nodes(name)
+        if len(readers) != 1 or name in scope.output_set or not readers[0].output:
+            return None
+        path.append(readers[0])
+        name = readers[0].output[0]
+    x, flatten, layer = path
+    if not (is_op(flatten, "Flatten") or is_op(flatten, "Reshape")) or is_op(x, "Flatten"):
+        return None
+    if not is_op(layer, layer.op_type) or layer.op_type not in AFTER_FLATTEN:
+        return None
+    if layer.op_type not in consumer_ops or is_op(x, "Identity"):
+        return None
+    return (
+        f"not into the {describe(layer)} after it either: {describe(x)} between it and the "
+        f"{flatten.op_type} is not a linear map the fold could pass through"
+    )
+
+
 def flattened_spatial(ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following) -> int:
     """How many input columns of the layer after it each channel becomes: 1 without a Flatten,
     else the spatial size H*W..., since Flatten(axis=1) of [N, C, H, W] puts channel c at columns
