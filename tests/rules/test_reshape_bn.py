@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from bnfold import fold_model
 from tests.builders import bn_initializers, bn_node, bn_stats, count_ops, make_model, tensor, vinfo
-from tests.ortutil import assert_fold_matches
+from tests.ortutil import assert_fold_matches, run_ort
 
 RNG = np.random.default_rng(23)
 
@@ -153,3 +153,55 @@ def test_layer_output_also_a_graph_output() -> None:
 def test_bias_not_per_column() -> None:
     model = chain([2, 7, 6], [("Transpose", [0, 2, 1])], 5, bias=(7, 1))
     _refused(model, "not_per_channel", "'bias'")
+
+
+def test_point_cloud_in_an_if_branch() -> None:
+    """A subgraph keeps its own initializers: the new bias goes there, the Add inside it."""
+    main = chain([2, 7, 6], [("Transpose", [0, 2, 1])], 5)
+    body = main.graph
+    body.ClearField("input")
+    del body.output[:]
+    body.output.append(vinfo("y", TensorProto.FLOAT, [2, 5, 7]))
+    other = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["a"], ["y2"], perm=[0, 2, 1]),
+            helper.make_node("Slice", ["y2", "s0", "s1", "s2"], ["y"]),
+        ],
+        "else",
+        [],
+        [vinfo("y", TensorProto.FLOAT, [2, 5, 7])],
+        [tensor("s0", np.array([0])), tensor("s1", np.array([5])), tensor("s2", np.array([1]))],
+    )
+    call = helper.make_node("If", ["cond"], ["out"], then_branch=body, else_branch=other)
+    model = make_model(
+        [call],
+        [vinfo("a", TensorProto.FLOAT, [2, 7, 6]), vinfo("cond", TensorProto.BOOL, [])],
+        [vinfo("out", TensorProto.FLOAT, [2, 5, 7])],
+    )
+    result = fold_model(model)
+    assert result.report.folded == 1, result.report.to_dict()
+    then = next(a.g for a in result.model.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then.node] == ["MatMul", "Add", "Transpose", "Relu"]
+    feeds = {"a": RNG.normal(0, 1, (2, 7, 6)).astype(np.float32), "cond": np.array(True)}
+    want, got = run_ort(model, feeds)[0], run_ort(result.model, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_function_body_without_shapes_is_refused() -> None:
+    """Function bodies carry no shapes: where the columns go cannot be told."""
+    main = chain([2, 7, 6], [("Transpose", [0, 2, 1])], 5)
+    consts = [helper.make_node("Constant", [], [t.name], value=t) for t in main.graph.initializer]
+    body = [*consts, *main.graph.node]
+    body[-1].output[0] = "out"
+    func = helper.make_function(
+        "local", "Block", ["a"], ["out"], body, [helper.make_opsetid("", 17)]
+    )
+    call = helper.make_node("Block", ["a"], ["y"], domain="local", name="call")
+    model = make_model(
+        [call],
+        [vinfo("a", TensorProto.FLOAT, [2, 7, 6])],
+        [vinfo("y", TensorProto.FLOAT, [2, 5, 7])],
+        functions=[func],
+        extra_opsets=[("local", 1)],
+    )
+    _refused(model, "unknown_shape", "MatMul 'fc'")
