@@ -45,7 +45,9 @@ from bnfold.rules._base import (
     weight,
 )
 
-MOVES = ("Reshape", "Transpose")
+#: Ops that move elements without changing them: Transpose permutes axes, the others keep the
+#: row-major order and only regroup the axes.
+MOVES = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten")
 
 
 class ReshapeBN:
@@ -190,12 +192,28 @@ def _follow(
 
 
 def _keeps_batch(scope: Scope, node: proto.NodeProto, shape: Shape, out: Shape) -> bool:
-    """A Reshape whose shape copies the batch axis (0) or infers it (-1) from the rest alone."""
+    """A Reshape whose shape copies the batch axis (0) or infers it (-1) from the rest alone;
+    an Unsqueeze/Squeeze that leaves axis 0 alone; a Flatten on an axis > 0."""
+    if shape[0] is not None or out[0] is not None:
+        return False
+    if is_op(node, "Flatten"):
+        return int(get_attr(node, "axis", 1)) > 0
+    if is_op(node, "Unsqueeze") or is_op(node, "Squeeze"):
+        axes = get_attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            try:
+                axes = np.asarray(scope.constant(node.input[1]).array()).reshape(-1).tolist()
+            except NotConstant:
+                return False
+        if axes is None:  # Squeeze of every size-1 axis: the batch axis may be one
+            return False
+        rank = len(out) if is_op(node, "Unsqueeze") else len(shape)
+        return all((int(a) + rank if int(a) < 0 else int(a)) != 0 for a in axes)
     try:
         dims = [int(d) for d in np.asarray(scope.constant(node.input[1]).array()).reshape(-1)]
     except (NotConstant, IndexError):
         return False
-    if len(dims) != len(out) or shape[0] is not None or out[0] is not None:
+    if len(dims) != len(out):
         return False
     if dims[0] == 0:
         return not int(get_attr(node, "allowzero", 0))

@@ -16,10 +16,13 @@ def test_default_rules_claim_each_op_once() -> None:
         "Concat",
         "Conv",
         "ConvTranspose",
+        "Flatten",
         "Gemm",
         "MatMul",
         "Reshape",
+        "Squeeze",
         "Transpose",
+        "Unsqueeze",
     ]
     assert sorted(rules_by_op(FORWARD_RULES)) == ["Conv", "Gemm", "MatMul"]
     assert all(isinstance(rule, LayerBeforeRule) for rule in LAYER_RULES)

@@ -48,6 +48,9 @@ def chain(
         if op == "Reshape":
             inits.append(tensor(f"shape{i}", np.array(arg, dtype=np.int64)))
             nodes.append(helper.make_node("Reshape", [x, f"shape{i}"], [f"v{i}"], name=f"r{i}"))
+        elif op == "Unsqueeze":
+            inits.append(tensor(f"axes{i}", np.array(arg, dtype=np.int64)))
+            nodes.append(helper.make_node("Unsqueeze", [x, f"axes{i}"], [f"v{i}"], name=f"u{i}"))
         else:
             nodes.append(helper.make_node("Transpose", [x], [f"v{i}"], name=f"t{i}", perm=arg))
         x = f"v{i}"
@@ -71,6 +74,30 @@ def test_linear_reshaped_to_nc11(target: list[int], layer: str) -> None:
     (decision,) = result.report.decisions
     assert "through Reshape 'r0' (its columns are the channels)" in decision.message
     assert [n.op_type for n in result.model.graph.node] == ["Gemm", "Reshape", "Relu"]
+
+
+@pytest.mark.parametrize("batch", [3, "N"])
+@pytest.mark.parametrize("layer", ["MatMul", "Gemm"])
+def test_linear_unsqueezed_twice(batch: Any, layer: str) -> None:
+    """torch's ``fc(x).unsqueeze(-1).unsqueeze(-1)`` before a BatchNorm2d."""
+    moves = [("Unsqueeze", [-1]), ("Unsqueeze", [-1])]
+    result = assert_fold_matches(chain([batch, 6], moves, 5, layer=layer), expect_folded=1)
+    assert [n.op_type for n in result.model.graph.node] == [
+        "Gemm",
+        "Unsqueeze",
+        "Unsqueeze",
+        "Relu",
+    ]
+
+
+def test_unsqueeze_in_front() -> None:
+    """[3, 5] -> [1, 3, 5]: the columns stay last, not on axis 1."""
+    _refused(chain([3, 6], [("Unsqueeze", [0])], 5), "not_per_channel", "axis 2")
+
+
+def test_unsqueeze_in_front_with_symbolic_batch() -> None:
+    """[N, 5] -> [1, N, 5]: the symbolic axis moved, so where the columns go is not known."""
+    _refused(chain(["N", 6], [("Unsqueeze", [0])], 5), "unknown_shape", "Unsqueeze 'u0'")
 
 
 def test_symbolic_batch_reshape() -> None:
