@@ -191,8 +191,9 @@ class FoldState:
     def add_after(
         self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending
     ) -> None:
-        """Insert ``Add(layer's output, update.values)`` right after ``layer``, which keeps its
-        output name (the Add takes it): the bias of a MatMul that has none."""
+        """Insert ``Add(layer's output, update.values)`` right after ``layer`` (the bias of a
+        MatMul that has none). The Add takes over the layer's output name, so every reader and
+        value_info entry of that name now sees the biased value; the layer gets a new name."""
         out = layer.output[0]
         layer.output[0] = self.names.new(_safe_name(out) + SUFFIX)
         add = proto.make_node("Add", [layer.output[0], ""], [out], name=layer.output[0])

@@ -156,3 +156,33 @@ def test_gemm_and_matmul_joined_on_the_last_axis() -> None:
     )
     result = assert_fold_matches(model, expect_folded=1)
     assert [n.op_type for n in result.model.graph.node] == ["Gemm", "Gemm", "Concat"]
+
+
+def test_grouped_convtranspose_and_conv_joined() -> None:
+    """A U-Net-like join: upsampled ConvTranspose (group 2) output next to a skip Conv."""
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "wt"], ["up"], name="up", strides=[2, 2], group=2),
+        helper.make_node("Conv", ["s", "wc", "bc"], ["skip"], name="skip"),
+        helper.make_node("Concat", ["up", "skip"], ["cat"], name="cat", axis=1),
+        bn_node("cat", "n", "bn"),
+        helper.make_node("Relu", ["n"], ["y"], name="act"),
+    ]
+    inits = [tensor("wt", _w(4, 3, 2, 2)), tensor("wc", _w(5, 2, 1, 1))]
+    inits += [tensor("bc", RNG.normal(0, 1, 5).astype(np.float32))]
+    inits += bn_initializers("bn", bn_stats(RNG, 11))
+    model = make_model(
+        nodes,
+        [vinfo("x", TensorProto.FLOAT, [1, 4, 3, 3]), vinfo("s", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [vinfo("y", TensorProto.FLOAT, [1, 11, 6, 6])],
+        inits,
+    )
+    assert_fold_matches(model, expect_folded=1)
+
+
+def test_channel_count_that_does_not_add_up() -> None:
+    model = csp()
+    bn = [t for t in model.graph.initializer if t.name.startswith("bn_")]
+    for t in bn:
+        model.graph.initializer.remove(t)
+    model.graph.initializer.extend(bn_initializers("bn", bn_stats(RNG, 9)))
+    _refused(model, "shape_mismatch", "produce 8")
