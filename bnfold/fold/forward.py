@@ -73,7 +73,7 @@ class ForwardFold:
         following = find_following(scope, bn_node, tuple(state.forward_rules))
         if following is None:
             return None
-        touched = (bn_node, following.consumer, following.flatten)
+        touched = (bn_node, following.consumer, following.flatten, *following.shape_readers)
         if any(n is not None and id(n) in dirty for n in touched):
             raise Defer
         consumer = following.consumer
@@ -89,6 +89,8 @@ class ForwardFold:
             state.released.constants[(const.scope.path, const.name)] = None
         state.released.values[(scope.path, bn_node.output[0])] = None
         (following.flatten or consumer).input[0] = bn.x
+        for shape_node in following.shape_readers:
+            shape_node.input[0] = bn.x
         pending.deletes.setdefault(scope.path, []).append(bn_node)
         dirty.update(id(n) for n in touched if n is not None)
         via = f" through {following.flatten.op_type}" if following.flatten is not None else ""

@@ -395,6 +395,9 @@ class Following:
 
     consumer: proto.NodeProto
     flatten: proto.NodeProto | None = None
+    #: Shape nodes that read BN's output for the Reshape's target (torch's x.view(x.size(0), -1)):
+    #: BN's input has the same shape, so they read that after the fold
+    shape_readers: tuple[proto.NodeProto, ...] = ()
 
 
 #: Layers a BatchNormalization may reach through a Flatten/Reshape (they take 2-D input).
@@ -417,6 +420,19 @@ def find_following(
         return readers[0] if readers[0].input[0] == name else None
 
     reader = only_reader(bn.output[0])
+    shape_readers: tuple[proto.NodeProto, ...] = ()
+    if reader is None and bn.output[0] not in scope.output_set:
+        readers = scope.consumer_nodes(bn.output[0])
+        shapes = tuple(n for n in readers if is_op(n, "Shape") and len(n.input) == 1)
+        rest = [n for n in readers if not any(n is m for m in shapes)]
+        if (
+            shapes
+            and len(rest) == 1
+            and is_op(rest[0], "Reshape")
+            and list(rest[0].input).count(bn.output[0]) == 1
+            and rest[0].input[0] == bn.output[0]
+        ):
+            reader, shape_readers = rest[0], shapes
     flatten = None
     if (
         reader is not None
@@ -428,7 +444,9 @@ def find_following(
         return None
     if flatten is not None and reader.op_type not in AFTER_FLATTEN:
         return None
-    return Following(reader, flatten)
+    if shape_readers and flatten is None:
+        return None
+    return Following(reader, flatten, shape_readers)
 
 
 def blocked_flatten(scope: Scope, bn: proto.NodeProto, consumer_ops: tuple[str, ...]) -> str | None:
@@ -491,26 +509,65 @@ def flattened_spatial(ctx: RuleContext, scope: Scope, bn: BatchNorm, following: 
                 "rows and columns that do not keep the batch axis apart from the channels",
             )
         return spatial
-    _check_reshape_flattens(scope, flatten, shape, spatial * bn.channels)
+    _check_reshape_flattens(scope, flatten, shape, spatial * bn.channels, (bn.x, bn.y))
     return spatial
 
 
+def _batch_then_minus_one(scope: Scope, name: str, same: tuple[str, str]) -> bool:
+    """``name`` is Concat(Unsqueeze(Gather(Shape(v), 0), [0]), [-1]) with v one of ``same``:
+    torch's ``x.view(x.size(0), -1)``, i.e. [N, -1]."""
+
+    def const(value: str) -> list[int] | None:
+        try:
+            return [int(d) for d in np.asarray(scope.constant(value).array()).reshape(-1)]
+        except NotConstant:
+            return None
+
+    concat = scope.producer_of(name)
+    if concat is None or not is_op(concat, "Concat") or len(concat.input) != 2:
+        return False
+    if int(get_attr(concat, "axis", 0)) != 0 or const(concat.input[1]) != [-1]:
+        return False
+    unsqueeze = scope.producer_of(concat.input[0])
+    if unsqueeze is None or not is_op(unsqueeze, "Unsqueeze"):
+        return False
+    axes = get_attr(unsqueeze, "axes")
+    if axes is None and len(unsqueeze.input) > 1:
+        axes = const(unsqueeze.input[1])
+    gather = scope.producer_of(unsqueeze.input[0])
+    if list(axes or []) != [0] or gather is None or not is_op(gather, "Gather"):
+        return False
+    if int(get_attr(gather, "axis", 0)) != 0 or const(gather.input[1]) != [0]:
+        return False
+    shape = scope.producer_of(gather.input[0])
+    return (
+        shape is not None
+        and is_op(shape, "Shape")
+        and not shape.attribute
+        and shape.input[0] in same
+    )
+
+
 def _check_reshape_flattens(
-    scope: Scope, reshape: proto.NodeProto, shape: Shape, columns: int
+    scope: Scope, reshape: proto.NodeProto, shape: Shape, columns: int, same: tuple[str, str]
 ) -> None:
     """Skip unless the Reshape turns ``shape`` [N, C, ...] into [N, C*HW] (N kept as a 0, a -1,
-    or its own known value)."""
-    try:
-        target = scope.constant(reshape.input[1] if len(reshape.input) > 1 else "")
-    except NotConstant as exc:
-        raise Skip(
-            Reason.UNKNOWN_SHAPE,
-            f"the {describe(reshape)} after it takes its shape from a value that is not a "
-            f"constant ({exc}): it cannot be told to flatten per channel",
-        ) from None
-    dims = [int(d) for d in np.asarray(target.array()).reshape(-1)]
+    or its own known value, or read from the shape of ``same``, BN's input or output)."""
+    name = reshape.input[1] if len(reshape.input) > 1 else ""
     allowzero = int(get_attr(reshape, "allowzero", 0))
-    batch, known = shape[0], len(target.shape) == 1 and len(dims) == 2
+    try:
+        target = scope.constant(name)
+        dims = [int(d) for d in np.asarray(target.array()).reshape(-1)]
+        known = len(target.shape) == 1 and len(dims) == 2
+    except NotConstant as exc:
+        if not _batch_then_minus_one(scope, name, same):
+            raise Skip(
+                Reason.UNKNOWN_SHAPE,
+                f"the {describe(reshape)} after it takes its shape from a value that is not a "
+                f"constant ({exc}): it cannot be told to flatten per channel",
+            ) from None
+        dims, known, allowzero = [0, -1], True, 0  # the same as [0, -1]
+    batch = shape[0]
     ok = known and (
         (dims[0] in (-1, 0) if not allowzero else dims[0] == -1)
         or (batch is not None and dims[0] == batch)

@@ -125,3 +125,56 @@ def test_reshape_to_a_computed_shape() -> None:
     model.graph.node[2].input[1] = "dyn"
     model.graph.input.append(vinfo("dyn", TensorProto.INT64, [2]))
     _refused(model, "unknown_shape", "not a constant")
+
+
+@pytest.mark.parametrize("layer", ["gemm", "matmul"])
+def test_torch_view_of_size_0_and_minus_1(layer: str) -> None:
+    """``x.view(x.size(0), -1)``: the target is Concat(Unsqueeze(Gather(Shape(bn), 0)), [-1])."""
+    model = head(flatten="reshape", shape=[0, -1], layer=layer)
+    graph = model.graph
+    shape_nodes = [
+        helper.make_node("Shape", ["n"], ["sh"], name="shape"),
+        helper.make_node("Gather", ["sh", "zero"], ["g"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["g", "axes"], ["u"], name="unsqueeze"),
+        helper.make_node("Concat", ["u", "minus1"], ["target"], name="target", axis=0),
+    ]
+    for k, node in enumerate(shape_nodes):
+        graph.node.insert(2 + k, node)
+    graph.node[-2].input[1] = "target"
+    graph.initializer.extend(
+        [
+            tensor("zero", np.array(0, dtype=np.int64)),
+            tensor("axes", np.array([0], dtype=np.int64)),
+            tensor("minus1", np.array([-1], dtype=np.int64)),
+        ]
+    )
+    result = assert_fold_matches(model, expect_folded=1)
+    assert "through Reshape" in result.report.decisions[0].message
+    shape = next(n for n in result.model.graph.node if n.op_type == "Shape")
+    assert shape.input[0] == "p"
+
+
+def test_view_of_another_size_is_refused() -> None:
+    """Concat(Unsqueeze(Gather(Shape(bn), 1)), [-1]) is [C, -1]: not a flatten per channel."""
+    model = head(flatten="reshape", shape=[0, -1])
+    graph = model.graph
+    shape_nodes = [
+        helper.make_node("Shape", ["n"], ["sh"], name="shape"),
+        helper.make_node("Gather", ["sh", "one"], ["g"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["g", "axes"], ["u"], name="unsqueeze"),
+        helper.make_node("Concat", ["u", "minus1"], ["target"], name="target", axis=0),
+    ]
+    for k, node in enumerate(shape_nodes):
+        graph.node.insert(2 + k, node)
+    graph.node[-2].input[1] = "target"
+    graph.initializer.extend(
+        [
+            tensor("one", np.array(1, dtype=np.int64)),
+            tensor("axes", np.array([0], dtype=np.int64)),
+            tensor("minus1", np.array([-1], dtype=np.int64)),
+        ]
+    )
+    result = fold_model(model)
+    (decision,) = result.report.decisions
+    assert decision.reason == "unknown_shape"
+    assert result.model.SerializeToString() == model.SerializeToString()
