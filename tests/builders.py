@@ -110,3 +110,16 @@ def count_ops(model: onnx.ModelProto, op_type: str) -> int:
         return total
 
     return in_graph(model.graph.node) + sum(in_graph(f.node) for f in model.functions)
+
+
+def bn_stats(rng: np.random.Generator, channels: int, dtype: Any = np.float32) -> dict[str, Any]:
+    """Statistics that make a wrong fold visible: var in [0.1, 4], gammas of both signs (the first
+    one negative), non-zero means and betas."""
+    gamma = rng.uniform(0.5, 2.0, channels) * rng.choice([-1.0, 1.0], channels)
+    gamma[0] = -abs(gamma[0])
+    return {
+        "scale": gamma.astype(dtype),
+        "B": rng.normal(0, 1, channels).astype(dtype),
+        "mean": rng.normal(0, 1, channels).astype(dtype),
+        "var": rng.uniform(0.1, 4.0, channels).astype(dtype),
+    }

@@ -21,6 +21,7 @@ from bnfold.report import BNDecision
 from bnfold.rules._base import (
     Chain,
     Defer,
+    FoldPlan,
     Reason,
     Skip,
     check_mode,
@@ -107,6 +108,9 @@ class BackwardFold:
             return self.forward.settle(scope, bn_node, decision, skip, dirty, pending)
         state.apply(scope, bn_node, chain, plan, pending)
         dirty.update(id(n) for n in (bn_node, chain.producer, *chain.through))
+        for branch, branch_plan in plan.branches:
+            _apply_branch(state, scope, branch, branch_plan, pending)
+            dirty.update(id(n) for n in (branch.producer, *branch.through))
         via = (
             " through " + " and ".join(n.op_type for n in reversed(chain.through))
             if chain.through
@@ -118,6 +122,8 @@ class BackwardFold:
             if plan.op_type
             else (f"folded into {chain.producer.op_type} '{target}'")
         )
+        if plan.note:
+            verb = f"folded {plan.note}"
         return decide(
             scope, bn_node, Reason.FOLDED, f"{verb}{via}", layer=chain.producer, chain=chain
         )
@@ -140,6 +146,8 @@ class BackwardFold:
             return None  # the BatchNormalization after it folds it in, with its own decision
         producer = _layer_before(scope, x)
         if producer is None or producer.op_type not in state.rules:
+            return None
+        if not getattr(state.rules[producer.op_type], "scale_layers", True):
             return None
         chain: Chain | None = None
         try:
@@ -164,6 +172,26 @@ class BackwardFold:
         return decide(
             scope, node, Reason.FOLDED, message, layer=producer, chain=chain, data_input=x
         )
+
+
+def _apply_branch(
+    state: FoldState, scope: Scope, branch: Chain, plan: FoldPlan, pending: Pending
+) -> None:
+    """Rewrite one layer feeding a Concat with its plan; the Identity/Add nodes between it and
+    the Concat go, and the layer writes the value the Concat reads."""
+    layer = branch.producer
+    state.rewrite(scope, layer, plan, pending)
+    if plan.add_after is not None:
+        state.add_after(scope, layer, plan.add_after, pending)
+    for const in branch.adds:
+        state.released.constants[(const.scope.path, const.name)] = None
+    if not branch.through:
+        return
+    for node in branch.through:
+        state.released.values[(scope.path, node.input[0])] = None
+    state.released.values[(scope.path, layer.output[0])] = None
+    layer.output[0] = branch.through[0].output[0]
+    pending.deletes.setdefault(scope.path, []).extend(branch.through)
 
 
 def _feeds_batchnorm(scope: Scope, node: proto.NodeProto) -> bool:

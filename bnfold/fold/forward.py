@@ -1,5 +1,5 @@
 """Folding forward: a BatchNormalization that nothing before it can take goes into the unpadded
-Conv or the [Flatten ->] Gemm after it.
+Conv, the Gemm or the 2-D MatMul after it (also through a Flatten/Reshape to [N, C*HW]).
 
 The backward pass calls ``settle`` at the BN's place in its walk, with the same snapshot and
 the same set of nodes changed so far: a fold forward then claims the layer after the BN before
@@ -16,7 +16,14 @@ from bnfold import proto
 from bnfold.fold.state import FoldState, Pending
 from bnfold.graph import Scope
 from bnfold.report import BNDecision
-from bnfold.rules._base import Defer, Reason, Skip, find_following, read_batchnorm
+from bnfold.rules._base import (
+    Defer,
+    Reason,
+    Skip,
+    blocked_flatten,
+    find_following,
+    read_batchnorm,
+)
 
 
 class ForwardFold:
@@ -45,6 +52,13 @@ class ForwardFold:
                 f"{forward.message} (and not into the layer before it: {skip.message})",
             )
         message = skip.message
+        blocked = (
+            blocked_flatten(scope, node, tuple(self.state.forward_rules))
+            if forward is None
+            else None
+        )
+        if blocked:
+            message = f"{message} ({blocked})"
         failure = self.state.shapes.failure
         if skip.reason in (Reason.UNKNOWN_RANK, Reason.UNKNOWN_SHAPE) and failure:
             message = f"{message} (shape inference failed: {failure})"
@@ -59,7 +73,7 @@ class ForwardFold:
         following = find_following(scope, bn_node, tuple(state.forward_rules))
         if following is None:
             return None
-        touched = (bn_node, following.consumer, following.flatten)
+        touched = (bn_node, following.consumer, following.flatten, *following.shape_readers)
         if any(n is not None and id(n) in dirty for n in touched):
             raise Defer
         consumer = following.consumer
@@ -69,13 +83,17 @@ class ForwardFold:
             plan = rule.plan_forward(state, scope, bn, following)
         except Skip as skip:
             return skip
+        op = consumer.op_type  # before the rewrite: a MatMul becomes a Gemm
         state.rewrite(scope, consumer, plan, pending)
         for const in bn.params:
             state.released.constants[(const.scope.path, const.name)] = None
         state.released.values[(scope.path, bn_node.output[0])] = None
         (following.flatten or consumer).input[0] = bn.x
+        for shape_node in following.shape_readers:
+            shape_node.input[0] = bn.x
         pending.deletes.setdefault(scope.path, []).append(bn_node)
         dirty.update(id(n) for n in touched if n is not None)
-        via = " through Flatten" if following.flatten is not None else ""
+        via = f" through {following.flatten.op_type}" if following.flatten is not None else ""
         target = consumer.name or consumer.output[0]
-        return f"folded into the {consumer.op_type} '{target}' after it{via}"
+        was = f" (was {op})" if plan.op_type else ""
+        return f"folded into the {consumer.op_type} '{target}'{was} after it{via}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bnfold import numerics, proto
 from bnfold.constfold import Budget
@@ -185,6 +185,24 @@ class FoldState:
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
+
+    def add_after(
+        self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending
+    ) -> None:
+        """Insert ``Add(layer's output, update.values)`` right after ``layer`` (the bias of a
+        MatMul that has none). The Add takes over the layer's output name, so every reader and
+        value_info entry of that name now sees the biased value; the layer gets a new name."""
+        out = layer.output[0]
+        layer.output[0] = self.names.new(_safe_name(out) + SUFFIX)
+        add = proto.make_node("Add", [layer.output[0], ""], [out], name=layer.output[0])
+        after = next(n for n in scope.nodes if out in n.input)  # a reader: the Add goes before it
+        inserts = pending.inserts.setdefault(scope.path, [])
+        first = len(inserts)
+        self.write_input(scope, add, replace(update, input_index=1), pending)
+        made = [new for _, new in inserts[first:]]  # a Constant node, in a function body
+        del inserts[first:]
+        # inserted at one place in this order, they end up reversed: the Constant, then the Add
+        inserts.extend([(after, add), *((after, new) for new in made)])
 
     def holds(self, scope: Scope) -> bool:
         # main-graph initializers only: the writer lays those out one by one

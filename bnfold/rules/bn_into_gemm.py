@@ -1,10 +1,12 @@
-"""BatchNormalization -> Gemm (also BN -> Flatten -> Gemm when each channel is one column, i.e. the
-spatial size is 1): fold the normalization into the Gemm AFTER it. With A = s * x + t per
-column k of A and Y = alpha * A @ B' + beta * C:
+"""BatchNormalization -> Gemm (also BN -> Flatten/Reshape -> Gemm, LeNet-like heads): fold the
+normalization into the Gemm AFTER it. With A = s * x + t per column k of A and
+Y = alpha * A @ B' + beta * C:
 
     B'' = diag(s) @ B'    C'' = beta * C + alpha * (t @ B')    (and beta becomes 1)
 
-transA=1 makes BN's channels Gemm's rows, not its inner dimension: skipped.
+Through a Flatten of [N, C, H, W] each channel c is the HW columns c*HW + k (NCHW order), so s and
+t are repeated HW times. transA=1 makes BN's channels Gemm's rows, not its inner dimension:
+skipped.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from bnfold.rules._base import (
     TensorUpdate,
     check_dtypes,
     describe,
-    input_shift,
+    flattened_spatial,
     optional_weight,
+    per_column,
     rounded,
     rounded_scaled,
     weight,
@@ -50,8 +53,7 @@ class BNIntoGemm:
                 f"the {describe(gemm)} after it has transA=1: BN's channels are its rows, "
                 "not the dimension it sums over",
             )
-        if following.flatten is not None:
-            _check_flatten(ctx, scope, bn, following)
+        spatial = flattened_spatial(ctx, scope, bn, following)
         b = weight(scope, gemm, 1, "B")
         c = optional_weight(scope, gemm, 2, "C")
         check_dtypes(scope, bn, b.elem_type)
@@ -59,19 +61,21 @@ class BNIntoGemm:
             raise Skip(Reason.SHAPE_MISMATCH, f"{describe(gemm)} B has shape {list(b.shape)}")
         trans_b = int(get_attr(gemm, "transB", 0))
         inner, columns = (b.shape[1], b.shape[0]) if trans_b else b.shape
-        if bn.channels != inner:
+        if bn.channels * spatial != inner:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
-                f"it has {bn.channels} channels but the {describe(gemm)} after it sums over "
-                f"{inner}",
+                f"it has {bn.channels} channels"
+                + (f" of {spatial} columns each" if spatial > 1 else "")
+                + f" but the {describe(gemm)} after it sums over {inner}",
             )
-        row_scale = bn.s[None, :] if trans_b else bn.s[:, None]
+        s, t = per_column(bn, spatial)
+        row_scale = s[None, :] if trans_b else s[:, None]
         new_b = rounded_scaled(b.array(), row_scale, b.elem_type, "B")
         b64 = numerics.to_float64_array(b.array())
         alpha = float(np.float32(get_attr(gemm, "alpha", 1.0)))
         beta = float(np.float32(get_attr(gemm, "beta", 1.0)))
         with np.errstate(over="ignore", invalid="ignore"):
-            bias = alpha * (input_shift(bn) @ (b64.T if trans_b else b64))
+            bias = alpha * (t @ (b64.T if trans_b else b64))
             if c is not None:
                 if len(c.shape) > 2 or (c.shape and c.shape[-1] not in (1, columns)):
                     raise Skip(
@@ -86,27 +90,6 @@ class BNIntoGemm:
             ],
             set_attrs={"broadcast": 1} if scope.opset <= 6 else {},
             del_attrs=("beta",),
-        )
-
-
-def _check_flatten(ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following) -> None:
-    """Through Flatten(axis=1), channel c is column c only when every spatial dim is 1."""
-    flatten = following.flatten
-    assert flatten is not None
-    shape = ctx.shape(scope, bn.x)
-    if shape is None or any(d is None for d in shape[2:]):
-        raise Skip(
-            Reason.UNKNOWN_SHAPE,
-            f"the {describe(flatten)} after it flattens '{bn.x}', whose spatial size is not "
-            "known; only a spatial size of 1 keeps one column per channel",
-        )
-    axis = int(get_attr(flatten, "axis", 1))
-    axis = axis + len(shape) if axis < 0 else axis
-    if axis != 1 or any(d != 1 for d in shape[2:]):
-        raise Skip(
-            Reason.NOT_PER_CHANNEL,
-            f"the {describe(flatten)} after it (axis {axis}) turns shape {list(shape)} into "
-            "columns that are not one per channel",
         )
 
 

@@ -116,7 +116,8 @@ def test_bn_through_flatten_into_gemm_when_spatial_size_is_one() -> None:
     assert "through Flatten" in result.report.decisions[0].message
 
 
-def test_flatten_of_a_larger_spatial_size_is_not_folded() -> None:
+def test_flatten_of_a_larger_spatial_size_folds_per_column() -> None:
+    """Channel c is columns c*HW .. c*HW + HW - 1 (see also test_bn_into_flatten)."""
     nodes = [
         bn_node("x", "n", "bn"),
         helper.make_node("Flatten", ["n"], ["f"]),
@@ -132,8 +133,8 @@ def test_flatten_of_a_larger_spatial_size_is_not_folded() -> None:
         [vinfo("y", TensorProto.FLOAT, [1, 3])],
         inits,
     )
-    (decision,) = fold_model(model).report.decisions
-    assert decision.reason == "not_per_channel" and "[1, 2, 2, 2]" in decision.message
+    result = assert_fold_matches(model, expect_folded=1)
+    assert "through Flatten" in result.report.decisions[0].message
 
 
 def test_bn_read_by_two_layers_is_not_folded_forward() -> None:

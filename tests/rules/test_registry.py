@@ -5,15 +5,27 @@ from __future__ import annotations
 import pytest
 
 from bnfold.fold import FoldEngine
-from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, LayerBeforeRule, rules_by_op
+from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, LAYER_RULES, LayerBeforeRule, rules_by_op
 from bnfold.rules.conv_bn import ConvBN
 from tests.builders import make_model, vinfo
 
 
 def test_default_rules_claim_each_op_once() -> None:
-    assert sorted(rules_by_op(DEFAULT_RULES)) == ["Conv", "ConvTranspose", "Gemm", "MatMul"]
-    assert sorted(rules_by_op(FORWARD_RULES)) == ["Conv", "Gemm"]
-    assert all(isinstance(rule, LayerBeforeRule) for rule in DEFAULT_RULES)
+    assert sorted(rules_by_op(LAYER_RULES)) == ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+    assert sorted(rules_by_op(DEFAULT_RULES)) == [
+        "Concat",
+        "Conv",
+        "ConvTranspose",
+        "Flatten",
+        "Gemm",
+        "MatMul",
+        "Reshape",
+        "Squeeze",
+        "Transpose",
+        "Unsqueeze",
+    ]
+    assert sorted(rules_by_op(FORWARD_RULES)) == ["Conv", "Gemm", "MatMul"]
+    assert all(isinstance(rule, LayerBeforeRule) for rule in LAYER_RULES)
 
 
 def test_two_rules_for_one_op_are_refused() -> None:
