@@ -67,7 +67,7 @@ SHAPE_OPT = typer.Option(
     help="Concrete shape for an input with symbolic dims, e.g. image:1x3x224x224 (repeatable). "
     "Default: 1 for the first axis, 16 for other unknown dims.",
 )
-SEED_OPT = typer.Option(0, "--seed", help="Seed for the random inputs.")
+SEED_OPT = typer.Option(0, "--seed", min=0, help="Seed for the random inputs.")
 
 
 class VerifyGroup(OptionGroup):

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -191,6 +192,38 @@ def _check_tensors(
             _check_tensor(tensor, path.parent)
         except InputError as exc:
             raise InputError(f"{path}: {exc.message}", hint=exc.hint) from None
+    for sparse in _sparse_tensors(model):
+        for part in (sparse.values, sparse.indices):
+            if part.data_location == TensorProto.EXTERNAL:
+                raise InputError(
+                    f"{path}: sparse tensor '{part.name or sparse.values.name}' keeps its data in "
+                    "an external file, which bnfold does not read or write",
+                    hint="store the sparse tensor inline",
+                )
+
+
+def _sparse_tensors(model: proto.ModelProto) -> Iterator[Any]:
+    """Every sparse tensor: sparse initializers and sparse attribute values, in every graph."""
+
+    def in_graph(graph: proto.GraphProto) -> Iterator[Any]:
+        yield from graph.sparse_initializer
+        for node in graph.node:
+            yield from in_nodes([node])
+
+    def in_nodes(nodes: Any) -> Iterator[Any]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor
+                yield from attr.sparse_tensors
+                if attr.HasField("g"):
+                    yield from in_graph(attr.g)
+                for g in attr.graphs:
+                    yield from in_graph(g)
+
+    yield from in_graph(model.graph)
+    for function in model.functions:
+        yield from in_nodes(function.node)
 
 
 #: The typed field that holds each element type's values, and values per element.
@@ -220,6 +253,11 @@ _TYPED_FIELDS: dict[int, tuple[str, int]] = {
 
 
 def _check_tensor(tensor: TensorProto, base_dir: Path) -> None:
+    if tensor.data_location == TensorProto.EXTERNAL and tensor.data_type in (
+        TensorProto.STRING,
+        TensorProto.UNDEFINED,
+    ):
+        raise InputError(f"tensor '{tensor.name}': string tensors cannot have external data")
     if tensor.data_location == TensorProto.EXTERNAL:
         have, what = external_ref(tensor, base_dir).length, "external data"
     elif tensor.HasField("raw_data"):

@@ -147,6 +147,12 @@ def _entry_int(info: dict[str, str], key: str, tensor: TensorProto) -> int | Non
 def external_ref(tensor: TensorProto, base_dir: Path) -> ExternalRef:
     """The location of an EXTERNAL tensor's data, relative to the model's folder; InputError
     when the location is not a file in that folder or the offset/length do not fit it."""
+    keys = [e.key for e in tensor.external_data]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise InputError(
+            f"tensor '{tensor.name}': external data key '{twice[0]}' is given more than once"
+        )
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
     path = resolve_location(base_dir, location)

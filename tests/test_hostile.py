@@ -506,3 +506,59 @@ def test_verify_refuses_external_data_outside_the_folder(tmp_path: Path, which: 
     assert code == 3, err
     assert "only files in the model's folder are read" in err
     assert json.loads(out)["error"]["type"] == "InputError"
+
+
+# -- found by the third outside pass ------------------------------------------------------------
+
+
+def _with_sparse_external(tmp: Path) -> Path:
+    """A model whose sparse initializer's values point at a file outside its folder."""
+    folder = tmp / "m"
+    folder.mkdir()
+    (tmp / "secret.bin").write_bytes(b"\x00" * 64)
+    m = conv_bn()
+    values = tensor("sv", np.ones(2, np.float32))
+    values.ClearField("raw_data")
+    values.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "8")):
+        e = values.external_data.add()
+        e.key, e.value = k, v
+    sparse = helper.make_sparse_tensor(values, tensor("si", np.array([0, 1], np.int64)), [4])
+    m.graph.sparse_initializer.append(sparse)
+    path = folder / "m.onnx"
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["fold", "inspect", "check"])
+def test_sparse_tensor_with_external_data_is_refused(tmp_path: Path, command: str) -> None:
+    path = _with_sparse_external(tmp_path)
+    before = tree(tmp_path)
+    code, _, err = invoke(command, str(path))
+    assert_one_line_error(code, err, 3, "sparse tensor")
+    assert tree(tmp_path) == before
+
+
+def test_repeated_external_data_key_and_string_external_data_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    save_external(conv_bn(), path)
+    m = onnx.load(path, load_external_data=False)
+    w = next(t for t in m.graph.initializer if t.name == "w")
+    e = w.external_data.add()
+    e.key, e.value = "location", "m.onnx.data"
+    onnx.save(m, path)
+    code, _, err = invoke("inspect", str(path))
+    assert_one_line_error(code, err, 3, "given more than once")
+    save_external(conv_bn(), path)
+    m = onnx.load(path, load_external_data=False)
+    next(t for t in m.graph.initializer if t.name == "w").data_type = TensorProto.STRING
+    onnx.save(m, path)
+    code, _, err = invoke("inspect", str(path))
+    assert_one_line_error(code, err, 3, "string tensors cannot have external data")
+
+
+def test_negative_seed_is_a_usage_error(tmp_path: Path) -> None:
+    onnx.save(conv_bn(), tmp_path / "m.onnx")
+    code, out, err = invoke(str(tmp_path / "m.onnx"), "--seed", "-1", "--json")
+    assert code == 2 and json.loads(out)["exit_code"] == 2, err
+    assert not (tmp_path / "m.folded.onnx").exists()
