@@ -319,8 +319,22 @@ def _check_graph(
 ) -> None:
     known = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
     known |= {t.values.name for t in graph.sparse_initializer}
-    produced = {o for n in graph.node for o in n.output if o}
+    producer: dict[str, proto.NodeProto] = {}
+    initializers = {t.name for t in graph.initializer}
+    for node in graph.node:
+        for o in node.output:
+            if not o:
+                continue
+            if o in producer or o in initializers:
+                raise InputError(
+                    f"{path}: '{o}' is produced by node '{node.name or node.op_type}' and also by "
+                    + ("an initializer" if o in initializers else "another node"),
+                    hint="the model is damaged or was edited by hand",
+                )
+            producer[o] = node
+    produced = set(producer)
     available = known | produced
+    _check_acyclic(graph, producer, path)
     for node in graph.node:
         if node.domain not in domains and (node.domain, node.op_type) not in functions:
             raise InputError(
@@ -340,6 +354,38 @@ def _check_graph(
     for out in graph.output:
         if out.name not in available:
             raise InputError(f"{path}: graph output '{out.name}' is not produced by anything")
+
+
+def _check_acyclic(
+    graph: proto.GraphProto, producer: dict[str, proto.NodeProto], path: Path | str
+) -> None:
+    """Refuse a graph whose nodes read, directly or not, their own outputs (Kahn's algorithm)."""
+    nodes = list(graph.node)
+    index = {id(n): i for i, n in enumerate(nodes)}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in set(node.input):
+            source = producer.get(name)
+            if source is not None:
+                waiting[i] += 1
+                readers.setdefault(index[id(source)], []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for j in readers.get(i, ()):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    if done < len(nodes):
+        stuck = next(n for i, n in enumerate(nodes) if waiting[i] > 0)
+        raise InputError(
+            f"{path}: node '{stuck.name or stuck.op_type}' is part of a cycle (it reads, through "
+            "other nodes, its own output)",
+            hint="the model is damaged or was edited by hand",
+        )
 
 
 class StagedModel:

@@ -562,3 +562,21 @@ def test_negative_seed_is_a_usage_error(tmp_path: Path) -> None:
     code, out, err = invoke(str(tmp_path / "m.onnx"), "--seed", "-1", "--json")
     assert code == 2 and json.loads(out)["exit_code"] == 2, err
     assert not (tmp_path / "m.folded.onnx").exists()
+
+
+@pytest.mark.parametrize("case", ["cycle", "two_producers", "initializer_and_output"])
+def test_graphs_that_cannot_work_are_exit_3(tmp_path: Path, case: str) -> None:
+    m = conv_bn()
+    if case == "cycle":  # the Conv reads the BN's output
+        m.graph.node[0].input[0] = "y"
+        m.graph.input[0].name = "unused"
+    elif case == "two_producers":
+        m.graph.node.append(helper.make_node("Identity", ["x"], ["c"], name="again"))
+    else:
+        m.graph.node.append(helper.make_node("Identity", ["x"], ["w"], name="shadow"))
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    for command in ("fold", "inspect"):
+        code, _, err = invoke(command, str(path))
+        assert_one_line_error(code, err, 3, "damaged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
