@@ -784,6 +784,28 @@ class LayerBeforeRule:
         )
 
 
+class IntoLayersRule:
+    """The base of rules that fold a BN into the layers behind another node (a Concat's inputs,
+    the layer before a Reshape/Transpose): they hold the layer rules they hand each part to,
+    and a Mul/Add after such a node is not a scale layer they fold (bnfold never has)."""
+
+    op_types: tuple[str, ...] = ()
+    scale_layers = False
+    #: how the scale-layer refusal ends: "... is not folded <scale_refusal>"
+    scale_refusal = ""
+
+    def __init__(self, layers: Sequence[FoldRule]) -> None:
+        self.layers: dict[str, FoldRule] = rules_by_op(layers)
+
+    def output_channels(
+        self, ctx: RuleContext, scope: Scope, producer: proto.NodeProto
+    ) -> tuple[int, int]:
+        raise Skip(
+            Reason.UNSUPPORTED_PRODUCER,
+            f"a scale layer after {describe(producer)} is not folded {self.scale_refusal}",
+        )
+
+
 def rules_by_op(rules: Sequence[FoldRule] | Sequence[ForwardRule]) -> dict[str, Any]:
     """{op type: rule} for an ordered tuple of rules; two rules claiming one op type is an error,
     not a silent replacement of the first by the second."""

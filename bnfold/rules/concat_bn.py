@@ -11,7 +11,6 @@ read only by the Concat; the channel counts come from those layers' weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 from bnfold import proto
@@ -21,31 +20,19 @@ from bnfold.rules._base import (
     Chain,
     FoldPlan,
     FoldRule,
+    IntoLayersRule,
     Reason,
     RuleContext,
     Skip,
     added_bias,
     describe,
-    rules_by_op,
     walk_chain,
 )
 
 
-class ConcatBN:
+class ConcatBN(IntoLayersRule):
     op_types: tuple[str, ...] = ("Concat",)
-    #: a Mul/Add after a Concat is not treated as a scale layer (bnfold never has)
-    scale_layers = False
-
-    def __init__(self, layers: Sequence[FoldRule]) -> None:
-        self.layers: dict[str, FoldRule] = rules_by_op(layers)
-
-    def output_channels(
-        self, ctx: RuleContext, scope: Scope, producer: proto.NodeProto
-    ) -> tuple[int, int]:
-        raise Skip(
-            Reason.UNSUPPORTED_PRODUCER,
-            f"a scale layer after {describe(producer)} is not folded into its inputs",
-        )
+    scale_refusal = "into its inputs"
 
     def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
         concat = chain.producer

@@ -27,7 +27,7 @@ from bnfold.rules._base import (
     Chain,
     Defer,
     FoldPlan,
-    FoldRule,
+    IntoLayersRule,
     Reason,
     RuleContext,
     Skip,
@@ -38,7 +38,6 @@ from bnfold.rules._base import (
     describe,
     rounded,
     rounded_scaled,
-    rules_by_op,
     split_constant,
     unsupported_producer,
     walk_chain,
@@ -50,21 +49,9 @@ from bnfold.rules._base import (
 MOVES = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten")
 
 
-class ReshapeBN:
+class ReshapeBN(IntoLayersRule):
     op_types: tuple[str, ...] = MOVES
-    #: a Mul/Add after a Reshape/Transpose is not treated as a scale layer (bnfold never has)
-    scale_layers = False
-
-    def __init__(self, layers: Sequence[FoldRule]) -> None:
-        self.layers: dict[str, FoldRule] = rules_by_op(layers)
-
-    def output_channels(
-        self, ctx: RuleContext, scope: Scope, producer: proto.NodeProto
-    ) -> tuple[int, int]:
-        raise Skip(
-            Reason.UNSUPPORTED_PRODUCER,
-            f"a scale layer after {describe(producer)} is not folded through it",
-        )
+    scale_refusal = "through it"
 
     def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
         moves = [chain.producer]  # nearest the BN first
