@@ -4,7 +4,7 @@ Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark``, the option
 (``VerifyOptions``, ``FoldRule``/``DEFAULT_RULES``) and the result types.
 Names are imported on first use, so that ``import bnfold`` (and the verification child process,
 which needs neither the fold engine nor onnx) stays cheap; onnxruntime is only ever imported in
-a child process. The verification code lives in ``bnfold.verification`` so that
+a child process. The verification code lives in ``bnfold.verification.run`` so that
 ``bnfold.verify`` is always the function.
 """
 
@@ -17,28 +17,28 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "BNDecision": "bnfold.report",
-    "BenchReport": "bnfold.bench",
+    "BNDecision": "bnfold.fold.report",
+    "BenchReport": "bnfold.bench.run",
     "BnfoldError": "bnfold.errors",
-    "DEFAULT_RULES": "bnfold.rules",
+    "DEFAULT_RULES": "bnfold.fold.rules",
     "FileStatus": "bnfold.api",
     "FileFoldResult": "bnfold.api",
-    "FoldReport": "bnfold.report",
-    "FoldResult": "bnfold.report",
-    "FoldRule": "bnfold.rules",
+    "FoldReport": "bnfold.fold.report",
+    "FoldResult": "bnfold.fold.report",
+    "FoldRule": "bnfold.fold.rules",
     "InputError": "bnfold.errors",
-    "OutputComparison": "bnfold.verification",
+    "OutputComparison": "bnfold.verification.run",
     "OutputError": "bnfold.errors",
-    "Reason": "bnfold.rules",
+    "Reason": "bnfold.fold.rules",
     "UsageError": "bnfold.errors",
     "VerificationFailed": "bnfold.errors",
     "VerifyOptions": "bnfold.api",
-    "VerifyReport": "bnfold.verification",
-    "benchmark": "bnfold.bench",
+    "VerifyReport": "bnfold.verification.run",
+    "benchmark": "bnfold.bench.run",
     "default_output": "bnfold.api",
     "fold_file": "bnfold.api",
     "fold_model": "bnfold.api",
-    "verify": "bnfold.verification",
+    "verify": "bnfold.verification.run",
 }
 
 __all__ = [
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
         fold_file,
         fold_model,
     )
-    from bnfold.bench import BenchReport, benchmark
+    from bnfold.bench.run import BenchReport, benchmark
     from bnfold.errors import (
         BnfoldError,
         InputError,
@@ -84,9 +84,9 @@ if TYPE_CHECKING:
         UsageError,
         VerificationFailed,
     )
-    from bnfold.report import BNDecision, FoldReport, FoldResult
-    from bnfold.rules import DEFAULT_RULES, FoldRule, Reason
-    from bnfold.verification import OutputComparison, VerifyReport, verify
+    from bnfold.fold.report import BNDecision, FoldReport, FoldResult
+    from bnfold.fold.rules import DEFAULT_RULES, FoldRule, Reason
+    from bnfold.verification.run import OutputComparison, VerifyReport, verify
 
 
 def __getattr__(name: str) -> Any:

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bnfold import proto, verification
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.fold import FoldEngine
-from bnfold.modelio import open_model_file, read_model, stage_model
-from bnfold.report import FoldReport, FoldResult
-from bnfold.rules import DEFAULT_RULES, FoldRule
-from bnfold.verification import VerifyReport
+from bnfold.fold.report import FoldReport, FoldResult
+from bnfold.fold.rules import DEFAULT_RULES, FoldRule
+from bnfold.model import proto
+from bnfold.model.reading import open_model_file, read_model, stage_model
+from bnfold.verification import run as verification
+from bnfold.verification.run import VerifyReport
 
 
 def fold_model(

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from bnfold import benchmark
-from bnfold.bench import (
+from bnfold.bench.run import (
     BenchReport,
     Latency,
     ModelStats,
@@ -24,7 +24,7 @@ from bnfold.bench import (
     SpeedupGroup,
     compare_baseline,
 )
-from bnfold.benchstats import median_ci, ratio_ci, ratio_of_intervals, relative_half_width
+from bnfold.bench.stats import median_ci, ratio_ci, ratio_of_intervals, relative_half_width
 from bnfold.errors import InputError, UsageError
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 from tests.test_cli import digest, files, invoke
@@ -323,7 +323,7 @@ def test_plot_of_several_models_batch_sizes_and_a_long_name(tmp_path: Path) -> N
     pytest.importorskip("matplotlib")
     from dataclasses import replace
 
-    from bnfold.bench import plot
+    from bnfold.bench.run import plot
 
     one = _report(path="/models/" + "a-model-with-a-rather-long-name-" * 4 + ".onnx")
     batches = replace(
@@ -338,7 +338,7 @@ def test_plot_of_several_models_batch_sizes_and_a_long_name(tmp_path: Path) -> N
 
 def test_bench_help_and_import_do_not_load_onnxruntime() -> None:
     code = (
-        "import sys, bnfold, bnfold.cli, bnfold.bench, bnfold.cli_bench\n"
+        "import sys, bnfold, bnfold.cli, bnfold.bench.run, bnfold.cli.bench\n"
         "assert 'onnxruntime' not in sys.modules\n"
         "from bnfold.cli import main\n"
         "try:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\n"
@@ -477,11 +477,11 @@ def test_bench_baseline_gate_exit_codes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then_ms: float, flags: list[str], code: int
 ) -> None:
     """The gate as CI runs it; the benchmark itself is replaced so that the numbers are fixed."""
-    import bnfold.bench
+    import bnfold.bench.run
 
     model = tmp_path / "net.onnx"
     onnx.save(_chain(), model)
-    monkeypatch.setattr(bnfold.bench, "benchmark", _fake_benchmark(_report(1.0, str(model))))
+    monkeypatch.setattr(bnfold.bench.run, "benchmark", _fake_benchmark(_report(1.0, str(model))))
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(_document(_report(then_ms))))
     got, out, err = invoke("bench", str(model), "--baseline", str(baseline), *flags, "--json")

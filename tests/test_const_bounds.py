@@ -17,8 +17,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bnfold import constfold, fold_model
-from bnfold.constfold import Budget, CannotEvaluate, evaluate
+from bnfold import fold_model
+from bnfold.model import constfold
+from bnfold.model.constfold import Budget, CannotEvaluate, evaluate
 from tests.builders import make_model, tensor, vinfo
 
 ONE = tensor("", np.array([1.0], np.float32))
@@ -135,7 +136,7 @@ HOSTILE: dict[str, Callable[[], onnx.ModelProto]] = {
 _CHILD = """
 import json, resource, sys, time
 start = time.perf_counter()
-from bnfold import constfold
+from bnfold.model import constfold
 if len(sys.argv) > 3:
     constfold.MAX_TOTAL_BYTES = int(sys.argv[3])
 from bnfold import fold_file

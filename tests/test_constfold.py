@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from bnfold import fold_model
-from bnfold.constfold import MAX_ELEMENTS, CannotEvaluate, evaluate
+from bnfold.model.constfold import MAX_ELEMENTS, CannotEvaluate, evaluate
 from tests.builders import bn_node, count_ops, make_model, tensor, vinfo
 from tests.ortutil import assert_fold_matches, run_ort
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bnfold.fold.driver import PassResult, fixed_point
-from bnfold.report import BNDecision
+from bnfold.fold.report import BNDecision
 
 
 def decision(message: str) -> BNDecision:

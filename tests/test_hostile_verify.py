@@ -23,7 +23,7 @@ import pytest
 from bnfold import fold_model
 from bnfold.api import VerifyOptions
 from bnfold.errors import UsageError
-from bnfold.verification import verify
+from bnfold.verification.run import verify
 from tests.test_verify import conv_bn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +130,7 @@ def test_unusable_verify_options_are_usage_errors(work: Path, args: list[str], e
 def test_api_refuses_unusable_npz_before_any_child(
     tmp_path: Path, kind: str, expect: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bnfold import verification
+    from bnfold.verification import run as verification
 
     def no_child(*args: object, **kwargs: object) -> dict[str, object]:
         raise AssertionError("a child was started")
@@ -183,7 +183,8 @@ def test_samples_are_made_one_at_a_time(tmp_path: Path, monkeypatch: pytest.Monk
     """While a sample is made, no array of an earlier sample is still alive."""
     import weakref
 
-    from bnfold import _worker, inputs
+    from bnfold.runtime import inputs
+    from bnfold.verification import worker as _worker
 
     original, folded = tmp_path / "a.onnx", tmp_path / "b.onnx"
     model = conv_bn()
@@ -220,7 +221,7 @@ def test_samples_are_made_one_at_a_time(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_lazy_samples_are_the_same_random_stream() -> None:
     """Made lazily, the samples are the very arrays made all at once before (same seed)."""
-    from bnfold.inputs import InputSpec, make_feeds, random_array
+    from bnfold.runtime.inputs import InputSpec, make_feeds, random_array
 
     specs = [InputSpec("x", 1, ("N", 3)), InputSpec("k", 7, (2,)), InputSpec("m", 9, (4,))]
     feeds, shapes, _ = make_feeds(specs, samples=4, seed=11)
@@ -300,7 +301,7 @@ def test_truncated_or_missing_result_is_a_crash_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A result the child left half-written or not at all is a "crash", not a traceback."""
-    from bnfold import verification
+    from bnfold.verification import run as verification
 
     for text in ("", '{"status": "ok", "outp', "[1, 2]"):
         module = tmp_path / f"fake_child_{len(text)}.py"

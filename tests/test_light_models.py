@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from bnfold import fold_file
-from bnfold.graph import ModelIndex, is_op
+from bnfold.model.graph import ModelIndex, is_op
 from tests.builders import count_ops
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -316,7 +316,7 @@ def test_batch_progress_outside_a_terminal_is_one_plain_line_per_model(tmp_path:
 def test_batch_progress_in_a_terminal_names_the_current_model() -> None:
     from rich.console import Console
 
-    from bnfold.cli_ui import Ui
+    from bnfold.cli.ui import Ui
 
     ui = Ui()
     buffer = io.StringIO()
@@ -413,7 +413,9 @@ def test_api_errors_do_not_name_command_line_flags(unfolded: Path, tmp_path: Pat
 
 
 def test_cli_modules_are_small() -> None:
-    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "bnfold").glob("cli*.py")}
+    sizes = {
+        p.name: len(p.read_text().splitlines()) for p in (ROOT / "bnfold" / "cli").glob("*.py")
+    }
     assert len(sizes) >= 6 and max(sizes.values()) <= 300, sizes
 
 

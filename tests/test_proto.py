@@ -1,4 +1,4 @@
-"""bnfold.proto: onnx's messages without the onnx package, and helpers that give exactly what
+"""bnfold.model.proto: onnx's messages without the onnx package, and helpers that give exactly what
 onnx's own helpers give."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from bnfold import proto
+from bnfold.model import proto
 
 PLAIN = [
     "float32",
@@ -112,7 +112,7 @@ def test_verifying_two_files_does_not_import_the_onnx_package(tmp_path: Path) ->
     onnx.save(conv_bn(), tmp_path / "m.onnx")
     code = (
         "import sys\n"
-        "from bnfold.verification import verify\n"
+        "from bnfold.verification.run import verify\n"
         f"r = verify({str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'm.onnx')!r})\n"
         "assert r.status == 'passed', r\n"
         "assert 'onnx' not in sys.modules and 'ml_dtypes' not in sys.modules\n"

@@ -10,8 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from bnfold import fold_file, numerics
-from bnfold.modelio import open_model_file
+from bnfold import fold_file
+from bnfold.model.reading import open_model_file
+from bnfold.numerics import arith as numerics
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 
 

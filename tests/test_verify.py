@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold import fold_model
 from bnfold.errors import UsageError
-from bnfold.verification import VerifyReport, compare_arrays, verify
+from bnfold.verification.run import VerifyReport, compare_arrays, verify
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 
 C = 6
@@ -365,8 +365,8 @@ def test_public_verify_is_the_function_and_import_stays_light() -> None:
     import sys
 
     code = (
-        "import sys, bnfold, bnfold.verification\n"
-        "assert callable(bnfold.verify) and bnfold.verify is bnfold.verification.verify\n"
+        "import sys, bnfold, bnfold.verification.run\n"
+        "assert callable(bnfold.verify) and bnfold.verify is bnfold.verification.run.verify\n"
         "assert 'onnxruntime' not in sys.modules\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -380,7 +380,7 @@ def test_verification_child_does_not_import_onnx() -> None:
     import sys
 
     code = (
-        "import sys, bnfold._worker\n"
+        "import sys, bnfold.verification.worker\n"
         "loaded = sorted(m for m in ('onnx', 'bnfold.fold', 'bnfold.api') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )

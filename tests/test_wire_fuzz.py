@@ -1,4 +1,4 @@
-"""The hand-written protobuf reader (bnfold.wire) against the protobuf library itself.
+"""The hand-written protobuf reader (bnfold.model.wire) against the protobuf library itself.
 
 Valid models of every shape hypothesis can make must read the same through ``wire.open_model``
 as through ``onnx.load`` (lazy tensors pointing exactly at the bytes protobuf sees); corrupt bytes
@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from bnfold import wire
 from bnfold.errors import InputError
-from bnfold.modelio import OpenedModel, open_model_file, read_model
+from bnfold.model import wire
+from bnfold.model.reading import OpenedModel, open_model_file, read_model
 from tests.builders import make_model, vinfo
 
 #: BNFOLD_FUZZ_EXAMPLES=20000 for a long local run; CI keeps to a few seconds.

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from bnfold import fold_file, fold_model
-from bnfold.graph import ModelIndex
-from bnfold.modelio import open_model_file, uses_external_data
-from bnfold.wire import MIN_LAZY_BYTES
-from bnfold.writer import ALIGNMENT, write_model
+from bnfold.model.graph import ModelIndex
+from bnfold.model.reading import open_model_file, uses_external_data
+from bnfold.model.wire import MIN_LAZY_BYTES
+from bnfold.model.writer import ALIGNMENT, write_model
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 from tests.ortutil import assert_fold_matches
 
@@ -270,7 +270,7 @@ def test_unknown_fields_of_a_large_tensor_are_kept(tmp_path: Path) -> None:
 def test_unknown_group_fields_are_written_back(tmp_path: Path) -> None:
     """A (proto2) group that this onnx does not know is kept, nested groups included, byte for
     byte as protobuf writes it; the reader accepts such files, so the writer must too."""
-    from bnfold.wire import encode_varint
+    from bnfold.model.wire import encode_varint
 
     def group(number: int, body: bytes) -> bytes:
         return encode_varint(number << 3 | 3) + body + encode_varint(number << 3 | 4)

@@ -11,14 +11,11 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-from bnfold import proto
 from bnfold.fold.decisions import decide
 from bnfold.fold.driver import NodeKey, PassResult
 from bnfold.fold.forward import ForwardFold
-from bnfold.fold.state import FoldState, Pending, node_key
-from bnfold.graph import ModelIndex, Scope, is_op
-from bnfold.report import BNDecision
-from bnfold.rules._base import (
+from bnfold.fold.report import BNDecision
+from bnfold.fold.rules._base import (
     Chain,
     Defer,
     FoldPlan,
@@ -30,6 +27,9 @@ from bnfold.rules._base import (
     split_constant,
     walk_chain,
 )
+from bnfold.fold.state import FoldState, Pending, node_key
+from bnfold.model import proto
+from bnfold.model.graph import ModelIndex, Scope, is_op
 
 #: Evaluated constants (bytes) in a pass past which the pass's garbage is collected at its end.
 _COLLECT_AFTER = 64 << 20

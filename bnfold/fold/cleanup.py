@@ -3,11 +3,11 @@ folds, and only they, made unused. Names the input model already had unused stay
 
 from __future__ import annotations
 
-from bnfold import proto
-from bnfold.constfold import EVALUATORS
 from bnfold.fold.driver import PassResult
 from bnfold.fold.state import FoldState
-from bnfold.graph import ModelIndex, Scope, is_op
+from bnfold.model import proto
+from bnfold.model.constfold import EVALUATORS
+from bnfold.model.graph import ModelIndex, Scope, is_op
 
 
 class Cleanup:

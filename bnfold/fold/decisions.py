@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bnfold import proto
-from bnfold.graph import Scope
-from bnfold.report import BNDecision
-from bnfold.rules._base import Chain, Reason
+from bnfold.fold.report import BNDecision
+from bnfold.fold.rules._base import Chain, Reason
+from bnfold.model import proto
+from bnfold.model.graph import Scope
 
 
 def decide(

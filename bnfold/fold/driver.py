@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bnfold.report import BNDecision
+from bnfold.fold.report import BNDecision
 
 #: (graph path, first output) of a node: stable across passes, unlike the node objects.
 NodeKey = tuple[str, str]

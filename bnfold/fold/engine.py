@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from bnfold import proto
 from bnfold.fold.backward import BackwardFold
 from bnfold.fold.cleanup import Cleanup
 from bnfold.fold.driver import fixed_point
 from bnfold.fold.forward import ForwardFold
+from bnfold.fold.report import FoldReport
+from bnfold.fold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
 from bnfold.fold.state import FoldState
-from bnfold.graph import ModelIndex
-from bnfold.report import FoldReport
-from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
-from bnfold.store import TensorStore
+from bnfold.model import proto
+from bnfold.model.graph import ModelIndex
+from bnfold.model.store import TensorStore
 
 #: Iterations of the fold pass at most (a chain of n BNs needs n).
 MAX_PASSES = 64

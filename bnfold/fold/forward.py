@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bnfold import proto
-from bnfold.fold.state import FoldState, Pending
-from bnfold.graph import Scope
-from bnfold.report import BNDecision
-from bnfold.rules._base import (
+from bnfold.fold.report import BNDecision
+from bnfold.fold.rules._base import (
     Defer,
     Reason,
     Skip,
@@ -24,6 +21,9 @@ from bnfold.rules._base import (
     find_following,
     read_batchnorm,
 )
+from bnfold.fold.state import FoldState, Pending
+from bnfold.model import proto
+from bnfold.model.graph import Scope
 
 
 class ForwardFold:

@@ -6,9 +6,9 @@ Shape inference runs at most once per fold, on a copy of the model without its l
 
 from __future__ import annotations
 
-from bnfold import proto
-from bnfold.graph import Scope, Shape, type_shape, value_shape
-from bnfold.store import TensorStore
+from bnfold.model import proto
+from bnfold.model.graph import Scope, Shape, type_shape, value_shape
+from bnfold.model.store import TensorStore
 
 
 class Shapes:

@@ -12,11 +12,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from bnfold import numerics, proto
-from bnfold.constfold import Budget
 from bnfold.fold.driver import NodeKey
+from bnfold.fold.rules import FoldRule, ForwardRule
+from bnfold.fold.rules._base import Chain, FoldPlan, TensorUpdate, rules_by_op
 from bnfold.fold.shapes import Shapes
-from bnfold.graph import (
+from bnfold.model import proto
+from bnfold.model.constfold import Budget
+from bnfold.model.graph import (
     Constant,
     ModelIndex,
     NameAllocator,
@@ -26,9 +28,8 @@ from bnfold.graph import (
     del_attr,
     set_attr,
 )
-from bnfold.rules import FoldRule, ForwardRule
-from bnfold.rules._base import Chain, FoldPlan, TensorUpdate, rules_by_op
-from bnfold.store import TensorStore
+from bnfold.model.store import TensorStore
+from bnfold.numerics import arith as numerics
 
 #: Suffix of the names a fold gives the tensors it creates (made unique model-wide).
 SUFFIX = "_bnfolded"
@@ -73,7 +74,7 @@ class FoldState:
         self.model = model
         self.base_dir = base_dir
         # With a store, folded main-graph weights stay arrays in it until bnfold writes the file
-        # (bnfold.writer), instead of being copied into the model first.
+        # (bnfold.model.writer), instead of being copied into the model first.
         self.store = store
         self.budget = Budget()  # constant evaluation: per pass, and what was too large
         self.rules: dict[str, FoldRule] = rules_by_op(rules)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bnfold.fold import FoldEngine
-from bnfold.rules import DEFAULT_RULES, FORWARD_RULES, LAYER_RULES, LayerBeforeRule, rules_by_op
-from bnfold.rules.conv_bn import ConvBN
+from bnfold.fold.rules import (
+    DEFAULT_RULES,
+    FORWARD_RULES,
+    LAYER_RULES,
+    LayerBeforeRule,
+    rules_by_op,
+)
+from bnfold.fold.rules.conv_bn import ConvBN
 from tests.builders import make_model, vinfo
 
 

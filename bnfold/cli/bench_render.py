@@ -1,0 +1,122 @@
+"""How ``bnfold bench`` shows its results to a person: per-model tables, the speedups with their
+intervals, and the baseline comparison."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bnfold.cli.ui import Ui, escape
+from bnfold.cli.ui import table as _table
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from bnfold.bench.run import BaselineComparison, BenchReport, Change
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def render(ui: Ui, report: BenchReport) -> None:
+    """One model: its table, the speedup lines, and why anything was left out (warnings are
+    printed even with --quiet)."""
+    state = (
+        f"noisy: {report.max_seconds:g} s budget ended before every interval was within "
+        f"+-{report.target_ci:.0%}"
+        if report.noisy
+        else f"within +-{report.target_ci:.0%}"
+    )
+    line = f"{report.model}: {report.rounds} rounds in {report.seconds:.1f} s, {state}"
+    for skip in report.skipped_batch_sizes:
+        ui.warn(f"{report.model}: --batch-size {skip['batch_size']} skipped: {skip['reason']}")
+    if ui.quiet:
+        if report.noisy:
+            ui.warn(line)
+        return
+    ui.show(lambda: _bench_table(report))
+    for g in report.speedups:
+        where = ""
+        if len(report.speedups) > 1:
+            where = f" ({g.provider.removesuffix('ExecutionProvider')}, batch {g.batch_size})"
+        parts = []
+        for key, s in g.speedups.items():
+            what = "the original's speed" if key == "vs_original" else f"ORT {key[7:]}"
+            parts.append(f"{s} {what}")
+        ui.say(f"folded{where}: " + escape(", ".join(parts)))
+    if report.noisy:
+        ui.warn(line + " (try --max-seconds, --threads 1, or a quieter machine)")
+    else:
+        ui.say(escape(line))
+    for note in report.notes:
+        ui.say(f"note: {escape(note)}")
+
+
+def _bench_table(report: BenchReport) -> Table:
+    shapes = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
+    table = _table(
+        f"{report.model}  ({shapes}; {report.rounds} rounds after {report.warmup} warm-up, "
+        f"threads: {report.threads or 'default'})"
+    )
+    several = len({r.provider for r in report.runs}) > 1
+    columns = ["configuration"]
+    if several:
+        columns.append("provider")
+    columns += ["batch", "nodes", "BN", "MB", "session ms", "median ms", "95% CI", "p90 ms"]
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("configuration", "provider") else "right"
+        )
+    for r in report.runs:
+        stats = report.folded if r.model == "folded" else report.original
+        row = [r.label]
+        if several:
+            row.append(r.provider.removesuffix("ExecutionProvider"))
+        row += [
+            "-" if r.batch_size is None else str(r.batch_size),
+            str(stats.nodes),
+            str(stats.batchnorms),
+            f"{stats.size_bytes / 1e6:.1f}",
+            f"{r.session_ms:.1f}",
+            f"{r.median_ms:.3f}",
+            _interval(*r.ci95_ms),
+            f"{r.p90_ms:.3f}",
+        ]
+        table.add_row(*row)
+    return table
+
+
+def baseline_table(c: BaselineComparison) -> Table:
+    how = "; folded judged relative to the original" if c.relative else ""
+    table = _table(f"against {c.path} (now / then; slower only beyond +{c.max_slowdown:.0%}{how})")
+    columns = ("model", "configuration", "batch", "then ms", "now ms", "change", "95% CI")
+    for column in (*columns, "vs original"):
+        table.add_column(
+            column, justify="left" if column in ("model", "configuration") else "right"
+        )
+    table.add_column("verdict")
+    style = {"slower": "red", "faster": "green", "same": ""}
+    for ch in c.changes:
+        label = f"{ch.run} @ {ch.optimization} {ch.provider.removesuffix('ExecutionProvider')}"
+        verdict = f"[{style[ch.verdict]}]{ch.verdict}[/]" if style[ch.verdict] else ch.verdict
+        table.add_row(
+            escape(ch.model),
+            escape(label),
+            "-" if ch.batch_size is None else str(ch.batch_size),
+            f"{ch.baseline_ms:.3f}",
+            f"{ch.median_ms:.3f}",
+            f"{ch.ratio - 1:+.1%}",
+            f"[{ch.ci95[0] - 1:+.1%}, {ch.ci95[1] - 1:+.1%}]",
+            _relative(ch),
+            verdict,
+        )
+    for label in c.unmatched:
+        table.add_row(escape(label), "not in the baseline", "", "", "", "", "", "", "")
+    return table
+
+
+def _relative(ch: Change) -> str:
+    if ch.relative is None or ch.relative_ci95 is None:
+        return ""
+    lo, hi = ch.relative_ci95
+    return f"{ch.relative - 1:+.1%} [{lo - 1:+.1%}, {hi - 1:+.1%}]"

@@ -1,0 +1,52 @@
+"""``bnfold verify A B``: run two models on the same inputs and compare every output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from bnfold.cli.options import VerifyGroup, command
+from bnfold.cli.render import comparison_table, verification_line
+from bnfold.cli.ui import Ui, escape
+from bnfold.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK
+
+if TYPE_CHECKING:
+    from bnfold.api import VerifyOptions
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``verify`` to ``app``."""
+
+    @command(app, "verify", verify=VerifyGroup())
+    def verify_cmd(
+        original: Path = typer.Argument(
+            ..., help="The reference model.", show_default=False, readable=False
+        ),
+        candidate: Path = typer.Argument(
+            ..., help="The model to compare with it.", show_default=False, readable=False
+        ),
+        *,
+        ui: Ui,
+        verify: VerifyOptions,
+    ) -> int:
+        """Run two models with the same inputs and outputs and compare every output.
+
+        Exit 0 when all outputs match, 1 when one differs, 3 when neither onnxruntime nor
+        onnx.reference can run the models.
+        """
+        from bnfold.api import verify_with
+        from bnfold.cli.documents import verify_document
+
+        report = verify_with(original, candidate, verify)
+        code = {"passed": EXIT_OK, "failed": EXIT_FAILED}.get(report.status, EXIT_INPUT)
+        ui.emit(verify_document(str(original), str(candidate), report, code))
+        if report.status == "unverified":
+            ui.error(f"{original} vs {candidate}: could not run the models ({report.reason})")
+        else:
+            ui.show(lambda: comparison_table(report, f"{original} vs {candidate}"))
+            ui.say(verification_line(report))
+        for note in report.notes:
+            ui.say(f"note: {escape(note)}")
+        return code

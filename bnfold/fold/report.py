@@ -1,0 +1,134 @@
+"""The fold report: one decision per BatchNormalization, and totals.
+
+Frozen dataclasses with ``to_dict()`` so the CLI can print them as JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from bnfold.model import proto
+
+Status = Literal["folded", "skipped"]
+
+
+@dataclass(frozen=True)
+class BNDecision:
+    """What happened to one BatchNormalization node (or per-channel Mul/Add), and why.
+
+    ``reason`` is a stable machine-readable code (see ``bnfold.fold.rules.Reason``); ``message`` is the
+    same thing as a sentence for a person. ``op`` is the node's type: BatchNormalization, or Mul
+    and Add for the per-channel scale layers that converters emit after a layer.
+    """
+
+    node: str
+    output: str
+    graph: str
+    status: Status
+    reason: str
+    message: str
+    producer: str | None = None
+    producer_node: str | None = None
+    through: tuple[str, ...] = ()
+    op: str = "BatchNormalization"
+    #: the data input of a scale Mul/Add (which layer output it scales or shifts); "" for a BN
+    input: str = ""
+
+    @property
+    def folded(self) -> bool:
+        return self.status == "folded"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "output": self.output,
+            "graph": self.graph,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "producer": self.producer,
+            "producer_node": self.producer_node,
+            "through": list(self.through),
+            "op": self.op,
+            "input": self.input,
+        }
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """Every decision in the model (BatchNormalization, then scale Mul/Add), with totals."""
+
+    decisions: tuple[BNDecision, ...]
+    nodes_before: int
+    nodes_after: int
+
+    @property
+    def total(self) -> int:
+        """Decisions of every kind: BatchNormalization and per-channel Mul/Add."""
+        return len(self.decisions)
+
+    @property
+    def bn_total(self) -> int:
+        return sum(1 for d in self.decisions if d.op == "BatchNormalization")
+
+    @property
+    def bn_folded(self) -> int:
+        return sum(1 for d in self.decisions if d.folded and d.op == "BatchNormalization")
+
+    @property
+    def folded(self) -> int:
+        """Nodes folded away, of every kind."""
+        return sum(1 for d in self.decisions if d.folded)
+
+    @property
+    def skipped(self) -> int:
+        return self.total - self.folded
+
+    @property
+    def changed(self) -> bool:
+        return self.folded > 0
+
+    def gated(self) -> tuple[BNDecision, ...]:
+        """The folded decisions ``check`` fails on: every BatchNormalization and scale Mul, and
+        an Add that shifts the output of one of them (Mul -> Add, BN -> Add), but not a lone bias
+        Add after a layer (MatMul + Add, as every Keras/TF export writes a Linear layer)."""
+        normalized = {(d.graph, d.output) for d in self.decisions if d.folded and d.op != "Add"}
+        return tuple(
+            d
+            for d in self.decisions
+            if d.folded and (d.op != "Add" or (d.graph, d.input) in normalized)
+        )
+
+    def reasons(self) -> dict[str, int]:
+        """Count of skipped BatchNormalizations per reason code."""
+        counts: dict[str, int] = {}
+        for d in self.decisions:
+            if not d.folded:
+                counts[d.reason] = counts.get(d.reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "bn_total": self.bn_total,
+            "bn_folded": self.bn_folded,
+            "folded": self.folded,
+            "skipped": self.skipped,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "skip_reasons": self.reasons(),
+            "decisions": [d.to_dict() for d in self.decisions],
+        }
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """The folded model and the report that says what changed in it."""
+
+    model: proto.ModelProto = field(repr=False)
+    report: FoldReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict()

@@ -1,0 +1,494 @@
+"""Use-def queries over every graph of a model: producer, consumers, is-constant.
+
+A *scope* is one list of nodes with its own names: the main graph, an If/Loop/Scan body (which may
+read names of the graphs around it) or a model-local function body. Consumers are counted across
+scopes: a node whose body reads an outer name consumes that name, as onnxruntime counts it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bnfold.errors import InputError
+from bnfold.model import proto
+from bnfold.model.constfold import EVALUATORS, Budget, CannotEvaluate, TooLarge, evaluate
+from bnfold.model.proto import AttributeProto, TensorProto
+from bnfold.model.store import TensorStore
+from bnfold.model.writer import read_external
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: proto.NodeProto, op_type: str) -> bool:
+    """True for a node of the default ONNX domain with this op_type."""
+    return node.op_type == op_type and node.domain in DEFAULT_DOMAINS
+
+
+def subgraphs(node: proto.NodeProto) -> Iterator[tuple[str, proto.GraphProto]]:
+    """(label, body) for every graph attribute of a node (If branches, Loop/Scan bodies, ...)."""
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.name, attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            for k, g in enumerate(attr.graphs):
+                yield f"{attr.name}[{k}]", g
+
+
+def get_attr(node: proto.NodeProto, name: str, default: Any = None) -> Any:
+    """A node attribute's value, or ``default`` when absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return proto.get_attribute_value(attr)
+    return default
+
+
+def attr_is_reference(node: proto.NodeProto, names: tuple[str, ...] | None = None) -> str | None:
+    """The first attribute (of ``names``, or any) bound to a function attribute, else None."""
+    for attr in node.attribute:
+        if attr.ref_attr_name and (names is None or attr.name in names):
+            return str(attr.name)
+    return None
+
+
+def set_attr(node: proto.NodeProto, name: str, value: Any) -> None:
+    del_attr(node, name)
+    node.attribute.append(proto.make_attribute(name, value))
+
+
+def del_attr(node: proto.NodeProto, name: str) -> None:
+    for i in reversed(range(len(node.attribute))):
+        if node.attribute[i].name == name:
+            del node.attribute[i]
+
+
+@dataclass
+class Constant:
+    """A value known before run time: an initializer or a Constant node's output."""
+
+    name: str
+    scope: Scope
+    tensor: TensorProto | None = None  # initializer, or the Constant node's `value`
+    node: proto.NodeProto | None = None  # the Constant node, or the node that computes it
+    computed: bool = False  # evaluated from a constant subgraph (see bnfold.model.constfold)
+    _array: npt.NDArray[Any] | None = field(default=None, repr=False)
+
+    @property
+    def elem_type(self) -> int:
+        if self.tensor is not None:
+            return int(self.tensor.data_type)
+        return int(proto.np_dtype_to_tensor_dtype(self.array().dtype))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.tensor is not None:
+            return tuple(int(d) for d in self.tensor.dims)
+        return tuple(self.array().shape)
+
+    def array(self) -> npt.NDArray[Any]:
+        """The value as numpy, read once."""
+        if self._array is None:
+            if self.tensor is not None:
+                store = self.scope.store
+                if store is not None and self.node is None and self.tensor.name in store:
+                    self._array = store.array(self.tensor)  # a header: its bytes are elsewhere
+                elif self.tensor.data_location == TensorProto.EXTERNAL:
+                    self._array = self._read_external(self.tensor)
+                else:
+                    self._array = proto.to_array(self.tensor)
+            else:
+                assert self.node is not None
+                self._array = _constant_node_value(self.node)
+        return self._array
+
+    def _read_external(self, tensor: TensorProto) -> npt.NDArray[Any]:
+        """Read just this tensor from the external data file it points at (a tensor outside the
+        main graph's initializers: those are in the model's ``TensorStore``)."""
+        base_dir = self.scope.base_dir
+        if base_dir is None:
+            raise InputError(
+                f"tensor '{self.name}' keeps its data in an external file that was not loaded",
+                hint="load the model with its external data (bnfold.fold_file does)",
+            )
+        try:
+            raw = read_external(tensor, base_dir)
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"tensor '{self.name}': cannot read its external data ({exc})"
+            ) from None
+        loaded = TensorProto()
+        loaded.data_type = tensor.data_type
+        loaded.dims.extend(int(d) for d in tensor.dims)
+        loaded.raw_data = raw
+        return proto.to_array(loaded)
+
+
+def _constant_node_value(node: proto.NodeProto) -> npt.NDArray[Any]:
+    attr = node.attribute[0]
+    if attr.name == "value_float":
+        return np.array(attr.f, dtype=np.float32)
+    if attr.name == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if attr.name == "value_int":
+        return np.array(attr.i, dtype=np.int64)
+    if attr.name == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    raise ValueError(f"Constant attribute {attr.name} holds no numeric tensor")
+
+
+def _constant_node_tensor(node: proto.NodeProto) -> TensorProto | None:
+    """The `value` tensor of a Constant node, when that is how it holds its value."""
+    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+        value: TensorProto = attr.t
+        return value
+    return None
+
+
+def _constant_node_is_numeric(node: proto.NodeProto) -> bool:
+    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
+        return False
+    return node.attribute[0].name in (
+        "value",
+        "value_float",
+        "value_floats",
+        "value_int",
+        "value_ints",
+    )
+
+
+class NotConstant(Exception):
+    """Raised by Scope.constant with the reason a name is not a constant."""
+
+
+#: How many nodes deep a constant subgraph may be (a longer chain is run-time computation).
+MAX_DEPTH = 32
+_IN_PROGRESS = object()  # marks a value being evaluated (a cycle means it is not a constant)
+
+
+class Scope:
+    """One graph or function body, indexed for use-def queries.
+
+    The index is a snapshot: after edits it is rebuilt (see ``ModelIndex``) rather than patched.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        nodes: Any,
+        *,
+        graph: proto.GraphProto | None,
+        function: proto.FunctionProto | None,
+        parent: Scope | None,
+        opset: int,
+        ir_version: int,
+        base_dir: Path | None = None,
+        store: TensorStore | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        self.path = path
+        self.budget = (
+            budget  # bytes constant evaluation may still allocate (bnfold.model.constfold)
+        )
+        self.base_dir = base_dir  # where tensors left in external data files are read from
+        self.store = store  # where the main graph's header initializers have their bytes
+        self.nodes: list[proto.NodeProto] = list(nodes)
+        self.container = nodes
+        self.graph = graph
+        self.function = function
+        self.parent = parent
+        self.opset = opset
+        self.ir_version = ir_version
+        self.children: list[Scope] = []
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        if graph is not None:
+            self.inputs = [vi.name for vi in graph.input]
+            self.outputs = [vi.name for vi in graph.output]
+            self.initializers = {t.name: t for t in graph.initializer}
+        else:
+            assert function is not None
+            self.inputs = list(function.input)
+            self.outputs = list(function.output)
+            self.initializers = {}
+        self.input_set = set(self.inputs)
+        self.output_set = set(self.outputs)
+        self.free_names: set[str] = set()
+        self._computed: dict[str, Constant | NotConstant | object] = {}
+        self._depth = 0
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def defines(self, name: str) -> bool:
+        return name in self.producer or name in self.input_set or name in self.initializers
+
+    def producer_of(self, name: str) -> proto.NodeProto | None:
+        idx = self.producer.get(name)
+        return None if idx is None else self.nodes[idx]
+
+    def uses(self, name: str) -> int:
+        """Readers of ``name`` here: node inputs, nested bodies, and graph outputs."""
+        return len(self.consumers.get(name, ())) + (name in self.output_set)
+
+    def consumer_nodes(self, name: str) -> list[proto.NodeProto]:
+        return [self.nodes[i] for i in self.consumers.get(name, ())]
+
+    def index_of(self, node: proto.NodeProto) -> int:
+        """The node's position (by its output, which is unique in SSA form)."""
+        if node.output and node.output[0] in self.producer:
+            return self.producer[node.output[0]]
+        for i, n in enumerate(self.nodes):
+            if n is node:
+                return i
+        raise KeyError(node.name)
+
+    def overridable(self, name: str) -> bool:
+        """An initializer that is also a graph input can be replaced at run time (IR >= 4)."""
+        return name in self.initializers and name in self.input_set and self.ir_version >= 4
+
+    def constant(self, name: str) -> Constant:
+        """The constant behind ``name`` as seen from this scope, or NotConstant with the reason."""
+        if not name:
+            raise NotConstant("it is absent")
+        scope: Scope | None = self
+        while scope is not None:
+            idx = scope.producer.get(name)
+            if idx is not None:
+                node = scope.nodes[idx]
+                if is_op(node, "Constant") and _constant_node_is_numeric(node):
+                    return Constant(name, scope, tensor=_constant_node_tensor(node), node=node)
+                if is_op(node, "Constant"):
+                    raise NotConstant("it is a Constant bound to a function attribute")
+                return scope._evaluated(name, node)
+            if name in scope.initializers:
+                if scope.overridable(name):
+                    raise NotConstant(
+                        "it is an initializer that is also a graph input, so it can be "
+                        "replaced at run time"
+                    )
+                return Constant(name, scope, tensor=scope.initializers[name])
+            if name in scope.input_set:
+                what = "function input" if scope.function is not None else "graph input"
+                raise NotConstant(f"it is a {what}")
+            scope = scope.parent
+        raise NotConstant("nothing in the model produces it")
+
+    def _evaluated(self, name: str, node: proto.NodeProto) -> Constant:
+        """``name`` computed by ``node`` from constants only, evaluated once; else NotConstant."""
+        cached = self._computed.get(name)
+        if isinstance(cached, Constant):
+            return cached
+        if isinstance(cached, NotConstant):
+            raise cached
+        if cached is _IN_PROGRESS or node.output[0] != name or self._depth >= MAX_DEPTH:
+            raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+        refused = self.budget.refused.get((self.path, name)) if self.budget else None
+        if refused is not None:
+            raise NotConstant(refused)
+        self._computed[name] = _IN_PROGRESS
+        self._depth += 1
+        try:
+            if node.op_type not in EVALUATORS or not is_op(node, node.op_type):
+                raise NotConstant(f"it is computed at run time by a {node.op_type} node")
+            inputs: list[npt.NDArray[Any] | None] = []
+            for source in node.input:
+                if not source:
+                    inputs.append(None)
+                    continue
+                try:
+                    inputs.append(self.constant(source).array())
+                except NotConstant as exc:
+                    raise NotConstant(
+                        f"it is computed by a {node.op_type} node from '{source}', and {exc}"
+                    ) from None
+            try:
+                value = evaluate(node, inputs, self.opset, self.budget)
+            except CannotEvaluate as exc:
+                why = f"it is computed by a {node.op_type} node that {exc}"
+                if isinstance(exc, TooLarge) and self.budget is not None:
+                    self.budget.refused[(self.path, name)] = why
+                raise NotConstant(why) from None
+        except NotConstant as exc:
+            self._computed[name] = exc
+            raise
+        finally:
+            self._depth -= 1
+        const = Constant(name, self, node=node, computed=True, _array=value)
+        self._computed[name] = const
+        return const
+
+    def is_exclusive(self, const: Constant, node: proto.NodeProto) -> bool:
+        """True when ``node`` alone reads ``const`` anywhere, so it may change in place."""
+        if const.scope is not self or const.computed:
+            return False
+        name = const.name
+        if name in self.output_set or name in self.input_set:
+            return False
+        return self.uses(name) == 1 and list(node.input).count(name) == 1
+
+
+class ModelIndex:
+    """Every scope of a model, indexed; rebuilt after each round of edits."""
+
+    def __init__(
+        self,
+        model: proto.ModelProto,
+        base_dir: str | os.PathLike[str] | None = None,
+        store: TensorStore | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        self.model = model
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.store = store
+        # one fold shares its budget across passes (and so indexes); otherwise one per index
+        self.budget = budget if budget is not None else Budget()
+        self.opset = model_opset(model)
+        self.scopes: list[Scope] = []
+        main = self._build_graph("main", model.graph, None, self.opset)
+        self.main = main
+        for func in model.functions:
+            fopset = next(
+                (o.version for o in func.opset_import if o.domain in DEFAULT_DOMAINS), self.opset
+            )
+            label = (
+                f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
+            )
+            scope = Scope(
+                label,
+                func.node,
+                graph=None,
+                function=func,
+                parent=None,
+                opset=int(fopset),
+                ir_version=model.ir_version,
+                base_dir=self.base_dir,
+                budget=self.budget,
+            )
+            self.scopes.append(scope)
+            self._index(scope)
+
+    def _build_graph(
+        self, path: str, graph: proto.GraphProto, parent: Scope | None, opset: int
+    ) -> Scope:
+        scope = Scope(
+            path,
+            graph.node,
+            graph=graph,
+            function=None,
+            parent=parent,
+            opset=opset,
+            ir_version=self.model.ir_version,
+            base_dir=self.base_dir,
+            store=self.store if parent is None else None,  # the store holds main's only
+            budget=self.budget,
+        )
+        self.scopes.append(scope)
+        self._index(scope)
+        return scope
+
+    def _index(self, scope: Scope) -> None:
+        used: set[str] = set(scope.outputs)
+        for i, node in enumerate(scope.nodes):
+            for out in node.output:
+                if out:
+                    scope.producer[out] = i
+        for i, node in enumerate(scope.nodes):
+            for name in node.input:
+                if name:
+                    scope.consumers.setdefault(name, []).append(i)
+                    used.add(name)
+            label = node.name or f"{node.op_type}({node.output[0] if node.output else i})"
+            for attr_label, body in subgraphs(node):
+                child = self._build_graph(
+                    f"{scope.path}/{label}.{attr_label}", body, scope, scope.opset
+                )
+                scope.children.append(child)
+                for name in sorted(child.free_names):
+                    scope.consumers.setdefault(name, []).append(i)
+                    used.add(name)
+        scope.free_names = {n for n in used if not scope.defines(n)}
+
+    def release(self) -> None:
+        """Drop the values evaluated through this index (they reference their scope, so without
+        this they would wait for the cyclic garbage collector)."""
+        for scope in self.scopes:
+            scope._computed.clear()
+
+    def all_names(self) -> set[str]:
+        """Every value name used anywhere in the model (for picking new unique names)."""
+        names: set[str] = set()
+        for scope in self.scopes:
+            names.update(scope.inputs, scope.outputs, scope.initializers)
+            for node in scope.nodes:
+                names.update(node.input)
+                names.update(node.output)
+            if scope.graph is not None:
+                names.update(vi.name for vi in scope.graph.value_info)
+        names.discard("")
+        return names
+
+
+class NameAllocator:
+    """Hands out names unique across the whole model, subgraphs and functions included."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+
+    def new(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
+def model_opset(model: proto.ModelProto) -> int:
+    """The default-domain opset version of the model (ONNX's default when it is missing)."""
+    for opset in model.opset_import:
+        if opset.domain in DEFAULT_DOMAINS:
+            return int(opset.version)
+    return 1
+
+
+Shape = tuple[int | None, ...]  # None: a symbolic or unknown dimension
+
+
+def value_rank(scope: Scope, name: str) -> int | None:
+    """The rank of ``name`` where the model declares it (value_info, inputs, initializers)."""
+    shape = value_shape(scope, name)
+    return None if shape is None else len(shape)
+
+
+def value_shape(scope: Scope, name: str) -> Shape | None:
+    """The shape of ``name`` where the model declares it (value_info, inputs, initializers)."""
+    s: Scope | None = scope
+    while s is not None:
+        if s.graph is not None:
+            for vi in (*s.graph.value_info, *s.graph.input, *s.graph.output):
+                if vi.name == name and vi.type.HasField("tensor_type"):
+                    found = type_shape(vi.type)
+                    if found is not None:
+                        return found
+            if name in s.initializers:
+                return tuple(int(d) for d in s.initializers[name].dims)
+        if s.defines(name):
+            return None
+        s = s.parent
+    return None
+
+
+def type_shape(t: proto.TypeProto) -> Shape | None:
+    """The (possibly partial) shape of a tensor type, or None when even the rank is unknown."""
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
