@@ -456,20 +456,20 @@ def test_unreadable_input_as_another_user(tmp_path: Path) -> None:
 def test_inspect_does_not_store_folded_weights_into_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bnfold.numerics.arith
+    import bnfold.model.proto
 
     path = tmp_path / "ext.onnx"
     save_external(conv_bn(), path)
 
-    real = bnfold.numerics.arith.make_tensor
+    real = bnfold.model.proto.make_tensor
 
     def refuse(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
         if values.size:  # storable() validates dtypes with an empty one
             raise AssertionError("inspect serialized a folded weight into the model")
         return real(name, values, elem_type)
 
-    monkeypatch.setattr(bnfold.numerics.arith, "store", refuse)
-    monkeypatch.setattr(bnfold.numerics.arith, "make_tensor", refuse)
+    monkeypatch.setattr(bnfold.model.proto, "store", refuse)
+    monkeypatch.setattr(bnfold.model.proto, "make_tensor", refuse)
     code, out, err = invoke("inspect", str(path), "--json")
     assert code == 0, err
     assert json.loads(out)["models"][0]["report"]["bn_folded"] == 1

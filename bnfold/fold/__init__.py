@@ -8,7 +8,8 @@
 - ``engine``: ``FoldEngine``, which runs the driver, then cleanup, and writes the report.
 
 Where a tensor's bytes are while folding (inline in the input, in its external data file, or a
-folded array bnfold holds until it writes) is decided in ``bnfold.model.wire`` and ``bnfold.model.writer``.
+folded array bnfold holds until it writes) is decided in ``bnfold.model.wire`` and
+``bnfold.model.writer``.
 """
 
 from bnfold.fold.engine import MAX_PASSES, FoldEngine, count_nodes

@@ -18,9 +18,9 @@ Status = Literal["folded", "skipped"]
 class BNDecision:
     """What happened to one BatchNormalization node (or per-channel Mul/Add), and why.
 
-    ``reason`` is a stable machine-readable code (see ``bnfold.fold.rules.Reason``); ``message`` is the
-    same thing as a sentence for a person. ``op`` is the node's type: BatchNormalization, or Mul
-    and Add for the per-channel scale layers that converters emit after a layer.
+    ``reason`` is a stable machine-readable code (see ``bnfold.fold.rules.Reason``); ``message``
+    is the same thing as a sentence for a person. ``op`` is the node's type: BatchNormalization,
+    or Mul and Add for the per-channel scale layers that converters emit after a layer.
     """
 
     node: str

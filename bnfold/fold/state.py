@@ -162,11 +162,11 @@ class FoldState:
                     self.hold(const.tensor, update)
                 elif const.tensor is not None and const.node is None:
                     values = numerics.materialized(update.values)
-                    numerics.store(const.tensor, values, update.elem_type)
+                    proto.store(const.tensor, values, update.elem_type)
                 else:
                     assert const.node is not None
                     values = numerics.materialized(update.values)
-                    tensor = numerics.make_tensor(old, values, update.elem_type)
+                    tensor = proto.make_tensor(old, values, update.elem_type)
                     del const.node.attribute[:]
                     const.node.attribute.append(proto.make_attribute("value", tensor))
                 return
@@ -177,7 +177,7 @@ class FoldState:
             self.hold(tensor, update)
         else:
             values = numerics.materialized(update.values)
-            tensor = numerics.make_tensor(name, values, update.elem_type)
+            tensor = proto.make_tensor(name, values, update.elem_type)
         if scope.graph is not None:
             scope.graph.initializer.append(tensor)
         else:
@@ -215,7 +215,7 @@ class FoldState:
         if isinstance(values, numerics.LazyScaled):  # computed again, in chunks, when written
             held: numerics.Values = values.with_release(self.store.release_pages)
         else:
-            held = numerics.storable(values, update.elem_type)
+            held = proto.storable(values, update.elem_type)
         self.store.hold(tensor, held, update.elem_type)
 
     def apply_structure(self, index: ModelIndex, pending: Pending) -> None:

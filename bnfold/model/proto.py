@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bnfold.numerics.dtypes import dtype_name
+
 
 def _load_messages() -> ModuleType:
     name = "onnx.onnx_ml_pb2"
@@ -171,6 +173,36 @@ def from_array(array: npt.NDArray[Any], name: str) -> Any:
     if sys.byteorder == "big" and values.dtype.itemsize > 1:  # pragma: no cover
         values = values.byteswap()
     tensor.raw_data = values.tobytes()
+    return tensor
+
+
+def store(tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None:
+    """Replace the contents of ``tensor`` (name, doc string and metadata kept) with ``values``.
+
+    Written straight into the tensor: one copy into the model, whether the old data was inline,
+    in typed fields or in an external file.
+    """
+    raw = storable(values, elem_type).tobytes()
+    reset_data(tensor, tuple(values.shape), elem_type)
+    tensor.raw_data = raw
+
+
+def storable(values: npt.NDArray[Any], elem_type: int) -> npt.NDArray[Any]:
+    """``values`` as the contiguous little-endian array ONNX's raw_data would hold."""
+    make_tensor("t", values.reshape(-1)[:0], elem_type)  # validates the dtype
+    out = np.ascontiguousarray(values)
+    if sys.byteorder == "big" and out.dtype.itemsize > 1:
+        out = out.byteswap()
+    return out
+
+
+def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorProto:
+    """A TensorProto of ``elem_type`` holding ``values`` (already rounded to that type)."""
+    tensor = from_array(np.ascontiguousarray(values), name)
+    if tensor.data_type != elem_type:
+        raise ValueError(
+            f"{name}: array is {dtype_name(tensor.data_type)}, expected {dtype_name(elem_type)}"
+        )
     return tensor
 
 

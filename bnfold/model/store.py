@@ -32,8 +32,8 @@ import numpy.typing as npt
 
 from bnfold.errors import InputError
 from bnfold.model import proto
-from bnfold.model.proto import TensorProto
-from bnfold.numerics.arith import LazyScaled, storable
+from bnfold.model.proto import TensorProto, storable
+from bnfold.numerics.arith import LazyScaled
 
 
 @dataclass(frozen=True)

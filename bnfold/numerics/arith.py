@@ -7,7 +7,6 @@ off; one correctly rounded conversion from float64 leaves them within 0.5 ULP.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,26 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bnfold.model import proto
-from bnfold.model.proto import TensorProto
+from bnfold.numerics.dtypes import BFLOAT16, DOUBLE, FLOAT, FLOAT16, FLOAT_TYPES, dtype_name
 
 F64 = npt.NDArray[np.float64]
 
-#: ONNX element types a BatchNormalization can be folded in, with their display names.
-FLOAT_TYPES: dict[int, str] = {
-    TensorProto.FLOAT: "float32",
-    TensorProto.FLOAT16: "float16",
-    TensorProto.DOUBLE: "float64",
-    TensorProto.BFLOAT16: "bfloat16",
-}
-
-
-def dtype_name(elem_type: int) -> str:
-    """A readable name for an ONNX element type."""
-    if elem_type in FLOAT_TYPES:
-        return FLOAT_TYPES[elem_type]
-    name: str = TensorProto.DataType.Name(elem_type)
-    return name.lower()
+__all__ = ["FLOAT_TYPES", "dtype_name"]  # re-exported: the fold code reads types from here
 
 
 def to_float64_array(values: npt.NDArray[Any]) -> F64:
@@ -71,14 +55,14 @@ def round_to(values: F64, elem_type: int) -> npt.NDArray[Any]:
 
 
 def _round_to(values: F64, elem_type: int) -> npt.NDArray[Any]:
-    if elem_type == TensorProto.DOUBLE:
+    if elem_type == DOUBLE:
         return np.asarray(values, dtype=np.float64)
-    if elem_type == TensorProto.FLOAT:
+    if elem_type == FLOAT:
         return np.asarray(values, dtype=np.float64).astype(np.float32)
-    if elem_type == TensorProto.FLOAT16:
+    if elem_type == FLOAT16:
         # numpy converts double to half directly, with a single correct rounding.
         return np.asarray(values, dtype=np.float64).astype(np.float16)
-    if elem_type == TensorProto.BFLOAT16:
+    if elem_type == BFLOAT16:
         return _float64_to_bfloat16(np.asarray(values, dtype=np.float64))
     raise ValueError(f"cannot round to {dtype_name(elem_type)}")
 
@@ -89,9 +73,9 @@ def all_finite(values: npt.NDArray[Any]) -> bool:
 
 
 _DIRECT: dict[int, type[np.floating[Any]]] = {
-    TensorProto.FLOAT: np.float32,
-    TensorProto.FLOAT16: np.float16,
-    TensorProto.DOUBLE: np.float64,
+    FLOAT: np.float32,
+    FLOAT16: np.float16,
+    DOUBLE: np.float64,
 }
 
 
@@ -160,36 +144,6 @@ def folded_bias(s: F64, bias: F64, mean: F64, beta: F64) -> F64:
     with np.errstate(over="ignore", invalid="ignore"):
         result: F64 = s * (bias - mean) + beta
     return result
-
-
-def store(tensor: TensorProto, values: npt.NDArray[Any], elem_type: int) -> None:
-    """Replace the contents of ``tensor`` (name, doc string and metadata kept) with ``values``.
-
-    Written straight into the tensor: one copy into the model, whether the old data was inline,
-    in typed fields or in an external file.
-    """
-    raw = storable(values, elem_type).tobytes()
-    proto.reset_data(tensor, tuple(values.shape), elem_type)
-    tensor.raw_data = raw
-
-
-def storable(values: npt.NDArray[Any], elem_type: int) -> npt.NDArray[Any]:
-    """``values`` as the contiguous little-endian array ONNX's raw_data would hold."""
-    make_tensor("t", values.reshape(-1)[:0], elem_type)  # validates the dtype
-    out = np.ascontiguousarray(values)
-    if sys.byteorder == "big" and out.dtype.itemsize > 1:
-        out = out.byteswap()
-    return out
-
-
-def make_tensor(name: str, values: npt.NDArray[Any], elem_type: int) -> TensorProto:
-    """A TensorProto of ``elem_type`` holding ``values`` (already rounded to that type)."""
-    tensor = proto.from_array(np.ascontiguousarray(values), name)
-    if tensor.data_type != elem_type:
-        raise ValueError(
-            f"{name}: array is {dtype_name(tensor.data_type)}, expected {dtype_name(elem_type)}"
-        )
-    return tensor
 
 
 #: Folded weights of at least this many bytes are not kept in memory: the fold checks them

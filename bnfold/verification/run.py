@@ -441,9 +441,9 @@ def run_child(
 
     The child gets the read end of a pipe whose write end only this process holds: when this
     process dies, however (SIGKILL included), the child sees end-of-file, removes ``work`` and
-    the request's "cleanup" folders, and exits (see ``bnfold.verification.worker.serve``). Its TMPDIR is
-    ``work``, so whatever onnxruntime leaves there goes too. A request or result that cannot be
-    written in ``work`` is an ``OutputError``.
+    the request's "cleanup" folders, and exits (see ``bnfold.verification.worker.serve``). Its
+    TMPDIR is ``work``, so whatever onnxruntime leaves there goes too. A request or result that
+    cannot be written in ``work`` is an ``OutputError``.
     """
     req = work / f"request-{tag}.json"
     res = work / f"result-{tag}.json"
