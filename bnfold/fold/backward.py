@@ -15,18 +15,10 @@ from bnfold.fold.decisions import decide
 from bnfold.fold.driver import NodeKey, PassResult
 from bnfold.fold.forward import ForwardFold
 from bnfold.fold.report import BNDecision
-from bnfold.fold.rules._base import (
-    Chain,
-    Defer,
-    FoldPlan,
-    Reason,
-    Skip,
-    check_mode,
-    read_batchnorm,
-    read_scale,
-    split_constant,
-    walk_chain,
-)
+from bnfold.fold.rules.batchnorm import check_mode, read_batchnorm, read_scale
+from bnfold.fold.rules.chain import Chain, split_constant, walk_chain
+from bnfold.fold.rules.plan import FoldPlan
+from bnfold.fold.rules.reasons import Defer, Reason, Skip
 from bnfold.fold.state import FoldState, Pending, node_key
 from bnfold.model import proto
 from bnfold.model.graph import ModelIndex, Scope, is_op

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bnfold.fold.report import BNDecision
-from bnfold.fold.rules._base import Chain, Reason
+from bnfold.fold.rules.chain import Chain
+from bnfold.fold.rules.reasons import Reason
 from bnfold.model import proto
 from bnfold.model.graph import Scope
 

@@ -13,14 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bnfold.fold.report import BNDecision
-from bnfold.fold.rules._base import (
-    Defer,
-    Reason,
-    Skip,
-    blocked_flatten,
-    find_following,
-    read_batchnorm,
-)
+from bnfold.fold.rules.batchnorm import read_batchnorm
+from bnfold.fold.rules.following import blocked_flatten, find_following
+from bnfold.fold.rules.reasons import Defer, Reason, Skip
 from bnfold.fold.state import FoldState, Pending
 from bnfold.model import proto
 from bnfold.model.graph import Scope

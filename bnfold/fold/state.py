@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, replace
 
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.rules import FoldRule, ForwardRule
-from bnfold.fold.rules._base import Chain, FoldPlan, TensorUpdate, rules_by_op
+from bnfold.fold.rules.base import rules_by_op
+from bnfold.fold.rules.chain import Chain
+from bnfold.fold.rules.plan import FoldPlan, TensorUpdate
 from bnfold.fold.shapes import Shapes
 from bnfold.model import proto
 from bnfold.model.constfold import Budget

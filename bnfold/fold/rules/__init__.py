@@ -14,14 +14,8 @@ from bnfold.fold.rules import (
     matmul_bn,
     reshape_bn,
 )
-from bnfold.fold.rules._base import (
-    FoldRule,
-    ForwardRule,
-    LayerBeforeRule,
-    Reason,
-    Skip,
-    rules_by_op,
-)
+from bnfold.fold.rules.base import FoldRule, ForwardRule, LayerBeforeRule, rules_by_op
+from bnfold.fold.rules.reasons import Reason, Skip
 
 #: The layers a BatchNormalization folds into directly (also each input of a Concat).
 LAYER_RULES: tuple[FoldRule, ...] = (

@@ -12,36 +12,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnfold.fold.rules._base import (
-    BatchNorm,
-    FoldPlan,
-    Following,
-    Reason,
-    RuleContext,
-    Skip,
-    TensorUpdate,
-    check_dtypes,
-    describe,
-    input_shift,
-    optional_weight,
-    rounded,
-    rounded_scaled,
-    weight,
-)
-from bnfold.model.graph import Scope, attr_is_reference, get_attr
+from bnfold.fold.rules.base import LayerAfterRule
+from bnfold.fold.rules.batchnorm import BatchNorm
+from bnfold.fold.rules.following import Following, input_shift
+from bnfold.fold.rules.plan import RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
+from bnfold.model import proto
+from bnfold.model.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.numerics import arith as numerics
+from bnfold.numerics.arith import F64
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class BNIntoConv:
-    op_types: tuple[str, ...] = ("Conv",)
+class BNIntoConv(LayerAfterRule):
+    op_types = ("Conv",)
+    weight_label = "weight"
+    bias_label = "bias"
+    bias_suffix = "_bias"
 
-    def plan_forward(
+    def check_layer(
         self, ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following
-    ) -> FoldPlan:
+    ) -> None:
         conv = following.consumer
         ref = attr_is_reference(conv, ("pads", "auto_pad", "group"))
         if ref:
@@ -58,41 +52,44 @@ class BNIntoConv:
                 f"the {describe(conv)} after it pads with zeros ({how}): the shift of the "
                 "normalization would be missing at the border, so folding is not exact",
             )
-        w = weight(scope, conv, 1, "weight")
-        b = optional_weight(scope, conv, 2, "bias")
-        check_dtypes(scope, bn, w.elem_type)
-        group = int(get_attr(conv, "group", 1))
+
+    def spread(
+        self,
+        layer: proto.NodeProto,
+        w: Constant,
+        b: Constant | None,
+        bn: BatchNorm,
+        spatial: int,
+    ) -> tuple[F64, F64]:
+        group = int(get_attr(layer, "group", 1))
         shape = w.shape
         if len(shape) < 3 or group < 1 or shape[0] % group:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
-                f"the {describe(conv)} after it has weight {list(shape)} with group={group}",
+                f"the {describe(layer)} after it has weight {list(shape)} with group={group}",
             )
         cout, per_group = shape[0], shape[1]
         if bn.channels != per_group * group:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
-                f"it has {bn.channels} channels but the {describe(conv)} after it reads "
+                f"it has {bn.channels} channels but the {describe(layer)} after it reads "
                 f"{per_group * group}",
             )
         if b is not None and b.shape != (cout,):
-            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(conv)} bias has shape {list(b.shape)}")
+            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} bias has shape {list(b.shape)}")
         # input channel read by weight column i of output channel o
         channel = (np.arange(cout) // (cout // group))[:, None] * per_group + np.arange(per_group)
-        spread = (cout, per_group) + (1,) * (len(shape) - 2)
-        new_w = rounded_scaled(w.array(), bn.s[channel].reshape(spread), w.elem_type, "weight")
-        t = input_shift(bn)[channel].reshape(spread)
+        layout = (cout, per_group) + (1,) * (len(shape) - 2)
+        return bn.s[channel].reshape(layout), input_shift(bn)[channel].reshape(layout)
+
+    def shifted_bias(self, layer: proto.NodeProto, w: Constant, b: Constant | None, t: F64) -> F64:
         with np.errstate(over="ignore", invalid="ignore"):
-            bias = (numerics.to_float64_array(w.array()) * t).sum(axis=tuple(range(1, len(shape))))
+            bias: F64 = (numerics.to_float64_array(w.array()) * t).sum(
+                axis=tuple(range(1, len(w.shape)))
+            )
         if b is not None:
             bias = bias + numerics.to_float64_array(b.array())
-        new_b = rounded(bias, w.elem_type, "bias")
-        return FoldPlan(
-            [
-                TensorUpdate(1, new_w, w.elem_type, w.name),
-                TensorUpdate(2, new_b, w.elem_type, b.name if b else f"{conv.name or w.name}_bias"),
-            ]
-        )
+        return bias
 
 
 RULE = BNIntoConv()

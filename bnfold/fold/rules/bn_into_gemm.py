@@ -13,33 +13,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnfold.fold.rules._base import (
-    BatchNorm,
-    FoldPlan,
-    Following,
-    Reason,
-    RuleContext,
-    Skip,
-    TensorUpdate,
-    check_dtypes,
-    describe,
-    flattened_spatial,
-    optional_weight,
-    per_column,
-    rounded,
-    rounded_scaled,
-    weight,
-)
-from bnfold.model.graph import Scope, attr_is_reference, get_attr
+from bnfold.fold.rules.base import LayerAfterRule
+from bnfold.fold.rules.batchnorm import BatchNorm
+from bnfold.fold.rules.following import Following, per_column
+from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
+from bnfold.model import proto
+from bnfold.model.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.numerics import arith as numerics
+from bnfold.numerics.arith import F64
 
 
-class BNIntoGemm:
-    op_types: tuple[str, ...] = ("Gemm",)
+class BNIntoGemm(LayerAfterRule):
+    op_types = ("Gemm",)
 
-    def plan_forward(
+    def check_layer(
         self, ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following
-    ) -> FoldPlan:
+    ) -> None:
         gemm = following.consumer
         ref = attr_is_reference(gemm, ("alpha", "beta", "transA", "transB"))
         if ref:
@@ -53,44 +43,49 @@ class BNIntoGemm:
                 f"the {describe(gemm)} after it has transA=1: BN's channels are its rows, "
                 "not the dimension it sums over",
             )
-        spatial = flattened_spatial(ctx, scope, bn, following)
-        b = weight(scope, gemm, 1, "B")
-        c = optional_weight(scope, gemm, 2, "C")
-        check_dtypes(scope, bn, b.elem_type)
-        if len(b.shape) != 2:
-            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(gemm)} B has shape {list(b.shape)}")
-        trans_b = int(get_attr(gemm, "transB", 0))
-        inner, columns = (b.shape[1], b.shape[0]) if trans_b else b.shape
+
+    def spread(
+        self,
+        layer: proto.NodeProto,
+        w: Constant,
+        b: Constant | None,
+        bn: BatchNorm,
+        spatial: int,
+    ) -> tuple[F64, F64]:
+        if len(w.shape) != 2:
+            raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} B has shape {list(w.shape)}")
+        trans_b = int(get_attr(layer, "transB", 0))
+        inner = w.shape[1] if trans_b else w.shape[0]
         if bn.channels * spatial != inner:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
                 f"it has {bn.channels} channels"
                 + (f" of {spatial} columns each" if spatial > 1 else "")
-                + f" but the {describe(gemm)} after it sums over {inner}",
+                + f" but the {describe(layer)} after it sums over {inner}",
             )
         s, t = per_column(bn, spatial)
-        row_scale = s[None, :] if trans_b else s[:, None]
-        new_b = rounded_scaled(b.array(), row_scale, b.elem_type, "B")
-        b64 = numerics.to_float64_array(b.array())
-        alpha = float(np.float32(get_attr(gemm, "alpha", 1.0)))
-        beta = float(np.float32(get_attr(gemm, "beta", 1.0)))
+        return (s[None, :] if trans_b else s[:, None]), t
+
+    def shifted_bias(self, layer: proto.NodeProto, w: Constant, b: Constant | None, t: F64) -> F64:
+        trans_b = int(get_attr(layer, "transB", 0))
+        columns = w.shape[0] if trans_b else w.shape[1]
+        b64 = numerics.to_float64_array(w.array())
+        alpha = float(np.float32(get_attr(layer, "alpha", 1.0)))
+        beta = float(np.float32(get_attr(layer, "beta", 1.0)))
         with np.errstate(over="ignore", invalid="ignore"):
-            bias = alpha * (t @ (b64.T if trans_b else b64))
-            if c is not None:
-                if len(c.shape) > 2 or (c.shape and c.shape[-1] not in (1, columns)):
+            bias: F64 = alpha * (t @ (b64.T if trans_b else b64))
+            if b is not None:
+                if len(b.shape) > 2 or (b.shape and b.shape[-1] not in (1, columns)):
                     raise Skip(
-                        Reason.SHAPE_MISMATCH, f"{describe(gemm)} C has shape {list(c.shape)}"
+                        Reason.SHAPE_MISMATCH, f"{describe(layer)} C has shape {list(b.shape)}"
                     )
-                bias = beta * numerics.to_float64_array(c.array()) + bias
-        new_c = rounded(bias, b.elem_type, "C")
-        return FoldPlan(
-            [
-                TensorUpdate(1, new_b, b.elem_type, b.name),
-                TensorUpdate(2, new_c, b.elem_type, c.name if c else f"{gemm.name or b.name}_C"),
-            ],
-            set_attrs={"broadcast": 1} if scope.opset <= 6 else {},
-            del_attrs=("beta",),
-        )
+                bias = beta * numerics.to_float64_array(b.array()) + bias
+        return bias
+
+    def finish(self, scope: Scope, plan: FoldPlan) -> FoldPlan:
+        plan.set_attrs.update({"broadcast": 1} if scope.opset <= 6 else {})
+        plan.del_attrs = ("beta",)
+        return plan
 
 
 RULE = BNIntoGemm()

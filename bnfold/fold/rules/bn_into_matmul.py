@@ -12,63 +12,59 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnfold.fold.rules._base import (
-    BatchNorm,
-    FoldPlan,
-    Following,
-    Reason,
-    RuleContext,
-    Skip,
-    TensorUpdate,
-    check_dtypes,
-    describe,
-    flattened_spatial,
-    per_column,
-    rounded,
-    rounded_scaled,
-    weight,
-)
-from bnfold.model.graph import Scope
+from bnfold.fold.rules.base import LayerAfterRule
+from bnfold.fold.rules.batchnorm import BatchNorm
+from bnfold.fold.rules.following import Following, per_column
+from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
+from bnfold.model import proto
+from bnfold.model.graph import Constant, Scope
 from bnfold.numerics import arith as numerics
+from bnfold.numerics.arith import F64
 
 
-class BNIntoMatMul:
-    op_types: tuple[str, ...] = ("MatMul",)
+class BNIntoMatMul(LayerAfterRule):
+    op_types = ("MatMul",)
+    has_bias = False  # input 2 of the Gemm it becomes: C, made by the fold
 
-    def plan_forward(
+    def check_layer(
         self, ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following
-    ) -> FoldPlan:
-        matmul = following.consumer
+    ) -> None:
         if following.flatten is None:
             _check_rank_2(ctx, scope, bn, following)
-        spatial = flattened_spatial(ctx, scope, bn, following)
-        b = weight(scope, matmul, 1, "B")
-        check_dtypes(scope, bn, b.elem_type)
-        if len(b.shape) != 2:
+
+    def spread(
+        self,
+        layer: proto.NodeProto,
+        w: Constant,
+        b: Constant | None,
+        bn: BatchNorm,
+        spatial: int,
+    ) -> tuple[F64, F64]:
+        if len(w.shape) != 2:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
-                f"the {describe(matmul)} after it has a B of shape {list(b.shape)}, not 2-D",
+                f"the {describe(layer)} after it has a B of shape {list(w.shape)}, not 2-D",
             )
-        if bn.channels * spatial != b.shape[0]:
+        if bn.channels * spatial != w.shape[0]:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
                 f"it has {bn.channels} channels"
                 + (f" of {spatial} columns each" if spatial > 1 else "")
-                + f" but the {describe(matmul)} after it sums over {b.shape[0]}",
+                + f" but the {describe(layer)} after it sums over {w.shape[0]}",
             )
         s, t = per_column(bn, spatial)
-        new_b = rounded_scaled(b.array(), s[:, None], b.elem_type, "B")
+        return s[:, None], t
+
+    def shifted_bias(self, layer: proto.NodeProto, w: Constant, b: Constant | None, t: F64) -> F64:
         with np.errstate(over="ignore", invalid="ignore"):
-            bias = t @ numerics.to_float64_array(b.array())
-        new_c = rounded(bias, b.elem_type, "C")
-        return FoldPlan(
-            [
-                TensorUpdate(1, new_b, b.elem_type, b.name),
-                TensorUpdate(2, new_c, b.elem_type, f"{matmul.name or b.name}_C"),
-            ],
-            op_type="Gemm",
-            set_attrs={"broadcast": 1} if scope.opset <= 6 else {},
-        )
+            bias: F64 = t @ numerics.to_float64_array(w.array())
+        return bias
+
+    def finish(self, scope: Scope, plan: FoldPlan) -> FoldPlan:
+        plan.op_type = "Gemm"
+        plan.set_attrs.update({"broadcast": 1} if scope.opset <= 6 else {})
+        return plan
 
 
 def _check_rank_2(ctx: RuleContext, scope: Scope, bn: BatchNorm, following: Following) -> None:

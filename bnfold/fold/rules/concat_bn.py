@@ -13,19 +13,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bnfold.fold.rules._base import (
-    BatchNorm,
-    Chain,
-    FoldPlan,
-    FoldRule,
-    IntoLayersRule,
-    Reason,
-    RuleContext,
-    Skip,
-    added_bias,
-    describe,
-    walk_chain,
-)
+from bnfold.fold.rules.base import FoldRule, IntoLayersRule
+from bnfold.fold.rules.batchnorm import BatchNorm
+from bnfold.fold.rules.chain import Chain, added_bias, walk_chain
+from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.model import proto
 from bnfold.model.graph import Scope, attr_is_reference, get_attr
 

@@ -7,18 +7,14 @@ onnxoptimizer patch did) is wrong for every ConvTranspose.
 
 from __future__ import annotations
 
-from bnfold.fold.rules._base import (
-    F64,
-    LayerBeforeRule,
-    Reason,
-    RuleContext,
-    Skip,
-    describe,
-    rounded_scaled,
-)
+from bnfold.fold.rules.base import LayerBeforeRule
+from bnfold.fold.rules.plan import RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
+from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
 from bnfold.model.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.numerics import arith as numerics
+from bnfold.numerics.arith import F64
 
 
 class ConvTransposeBN(LayerBeforeRule):

@@ -10,20 +10,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from bnfold.fold.rules._base import (
-    F64,
-    FoldPlan,
-    LayerBeforeRule,
-    Reason,
-    RuleContext,
-    Skip,
-    describe,
-    optional_weight,
-    rounded_scaled,
-)
+from bnfold.fold.rules.base import LayerBeforeRule
+from bnfold.fold.rules.chain import optional_weight
+from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
+from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
 from bnfold.model.graph import Constant, Scope, attr_is_reference, get_attr
 from bnfold.numerics import arith as numerics
+from bnfold.numerics.arith import F64
 
 
 class GemmBN(LayerBeforeRule):

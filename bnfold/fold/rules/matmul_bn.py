@@ -9,19 +9,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bnfold.fold.rules._base import (
-    F64,
-    FoldPlan,
-    LayerBeforeRule,
-    Reason,
-    RuleContext,
-    Skip,
-    describe,
-    rounded_scaled,
-)
+from bnfold.fold.rules.base import LayerBeforeRule
+from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.reasons import Reason, Skip, describe
+from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
 from bnfold.model.graph import Constant, Scope
 from bnfold.numerics import arith as numerics
+from bnfold.numerics.arith import F64
 
 
 class MatMulBN(LayerBeforeRule):

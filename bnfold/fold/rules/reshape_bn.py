@@ -20,27 +20,20 @@ from dataclasses import replace
 
 import numpy as np
 
-from bnfold.fold.rules._base import (
-    BatchNorm,
+from bnfold.fold.rules.base import IntoLayersRule
+from bnfold.fold.rules.batchnorm import BatchNorm, check_dtypes
+from bnfold.fold.rules.chain import (
     Chain,
-    Defer,
-    FoldPlan,
-    IntoLayersRule,
-    Reason,
-    RuleContext,
-    Skip,
-    TensorUpdate,
-    _check_single_use,
     added_bias,
-    check_dtypes,
-    describe,
-    rounded,
-    rounded_scaled,
+    check_single_use,
     split_constant,
     unsupported_producer,
     walk_chain,
     weight,
 )
+from bnfold.fold.rules.plan import FoldPlan, RuleContext, TensorUpdate
+from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
+from bnfold.fold.rules.rounding import rounded, rounded_scaled
 from bnfold.model import proto
 from bnfold.model.graph import NotConstant, Scope, Shape, attr_is_reference, get_attr, is_op
 from bnfold.numerics import arith as numerics
@@ -65,7 +58,7 @@ class ReshapeBN(IntoLayersRule):
                 break
             if chain.is_dirty(node):
                 raise Defer
-            _check_single_use(scope, name, moves[-1])
+            check_single_use(scope, name, moves[-1])
             moves.append(node)
             name = node.input[0]
         sub = walk_chain(scope, moves[-1], tuple(self.layers), chain.is_dirty, start=name)

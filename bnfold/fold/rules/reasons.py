@@ -1,0 +1,51 @@
+"""Why a rule folds or does not: stable reason codes, the refusal a rule raises, and the names
+nodes go by in messages.
+
+A rule never returns "no" silently: it raises ``Skip`` with a reason code and a sentence.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from bnfold.model import proto
+
+
+class Reason(str, Enum):
+    """Stable codes for what happened to a BatchNormalization (used in --json output)."""
+
+    FOLDED = "folded"
+    TRAINING_MODE = "training_mode"
+    EXTRA_OUTPUTS = "extra_outputs"
+    SPATIAL_MODE = "spatial_mode"
+    NO_PRODUCER = "no_producer"
+    UNSUPPORTED_PRODUCER = "unsupported_producer"
+    SHARED_OUTPUT = "shared_output"
+    GRAPH_OUTPUT = "graph_output"
+    NON_CONSTANT_PARAM = "non_constant_param"
+    NON_CONSTANT_WEIGHT = "non_constant_weight"
+    FUNCTION_ATTRIBUTE = "function_attribute"
+    SHAPE_MISMATCH = "shape_mismatch"
+    NOT_PER_CHANNEL = "not_per_channel"
+    UNKNOWN_RANK = "unknown_rank"
+    UNSUPPORTED_DTYPE = "unsupported_dtype"
+    NON_FINITE = "non_finite"
+    PADDED_CONV = "padded_conv"
+    UNKNOWN_SHAPE = "unknown_shape"
+
+
+class Skip(Exception):
+    """A BatchNormalization that must not be folded, with the reason."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Defer(Exception):
+    """The pattern touches a node already changed in this pass: look again in the next pass."""
+
+
+def describe(node: proto.NodeProto) -> str:
+    return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} -> '{node.output[0]}'"
