@@ -27,13 +27,13 @@ _EXPORTS = {
     "FoldResult": "bnfold.fold.report",
     "FoldRule": "bnfold.fold.rules",
     "InputError": "bnfold.errors",
-    "OutputComparison": "bnfold.verification.run",
+    "OutputComparison": "bnfold.verification.report",
     "OutputError": "bnfold.errors",
     "Reason": "bnfold.fold.rules",
     "UsageError": "bnfold.errors",
     "VerificationFailed": "bnfold.errors",
     "VerifyOptions": "bnfold.api",
-    "VerifyReport": "bnfold.verification.run",
+    "VerifyReport": "bnfold.verification.report",
     "benchmark": "bnfold.bench.run",
     "default_output": "bnfold.api",
     "fold_file": "bnfold.api",
@@ -86,7 +86,8 @@ if TYPE_CHECKING:
     )
     from bnfold.fold.report import BNDecision, FoldReport, FoldResult
     from bnfold.fold.rules import DEFAULT_RULES, FoldRule, Reason
-    from bnfold.verification.run import OutputComparison, VerifyReport, verify
+    from bnfold.verification.report import OutputComparison, VerifyReport
+    from bnfold.verification.run import verify
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from bnfold.fold.rules import DEFAULT_RULES, FoldRule
 from bnfold.model import proto
 from bnfold.model.reading import open_model_file, read_model, stage_model
 from bnfold.verification import run as verification
-from bnfold.verification.run import VerifyReport
+from bnfold.verification.report import VerifyReport
 
 
 def fold_model(

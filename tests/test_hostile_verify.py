@@ -301,7 +301,7 @@ def test_truncated_or_missing_result_is_a_crash_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A result the child left half-written or not at all is a "crash", not a traceback."""
-    from bnfold.verification import run as verification
+    from bnfold.runtime.child import run_child
 
     for text in ("", '{"status": "ok", "outp', "[1, 2]"):
         module = tmp_path / f"fake_child_{len(text)}.py"
@@ -312,7 +312,7 @@ def test_truncated_or_missing_result_is_a_crash_result(
         monkeypatch.setenv("PYTHONPATH", str(tmp_path))
         work = tmp_path / f"work{len(text)}"
         work.mkdir()
-        result = verification.run_child(module.stem, {}, work, 30)
+        result = run_child(module.stem, {}, work, 30)
         assert result["status"] == "crash", result
         assert "exited with code 1" in result["message"]
 

@@ -13,7 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnfold import fold_model
 from bnfold.errors import UsageError
-from bnfold.verification.run import VerifyReport, compare_arrays, verify
+from bnfold.verification.compare import compare_arrays
+from bnfold.verification.report import VerifyReport
+from bnfold.verification.run import verify
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 
 C = 6

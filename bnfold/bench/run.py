@@ -319,7 +319,7 @@ def benchmark(
     from bnfold.fold import FoldEngine
     from bnfold.model.reading import open_model_file
     from bnfold.model.writer import write_model
-    from bnfold.verification.run import run_child
+    from bnfold.runtime.child import run_child
 
     levels = list(dict.fromkeys(level_name(v) for v in levels))
     folded_level = level_name(folded_level)

@@ -22,15 +22,10 @@ import numpy as np
 from bnfold.bench.stats import median_ci, ratio_ci, relative_half_width
 from bnfold.errors import UsageError
 from bnfold.runtime.inputs import InputSpec, make_feeds, resolve_shapes
-from bnfold.verification.worker import BackendError, first_line, serve, session_inputs
+from bnfold.runtime.serve import BackendError, serve
+from bnfold.runtime.session import open_session as runtime_session
+from bnfold.runtime.session import session_inputs
 
-#: bnfold's level names -> onnxruntime's GraphOptimizationLevel members
-ORT_LEVELS = {
-    "disable_all": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 #: resamples while deciding whether to stop (the reported intervals use the full count)
 CHECK_RESAMPLES = 300
 #: rounds at most: past this a tiny model's intervals shrink too slowly to be worth the
@@ -71,18 +66,10 @@ def open_session(
     path: str, provider: str, level: str, threads: int | None
 ) -> tuple[Any, list[InputSpec]]:
     """A session of ``path`` on one execution provider at one optimization level."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[level])
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(path, options, providers=[provider])
-    except Exception as exc:  # onnxruntime raises its own exception types for every failure
-        raise BackendError(f"{provider} @ {level}: {first_line(exc)}") from None
+        session = runtime_session(path, provider=provider, level=level, threads=threads)
+    except BackendError as exc:
+        raise BackendError(f"{provider} @ {level}: {exc}") from None
     if provider not in session.get_providers():  # e.g. TensorRT without its libraries
         raise BackendError(
             f"onnxruntime did not use {provider} for the session (it fell back to "

@@ -14,7 +14,7 @@ from bnfold import __version__
 
 if TYPE_CHECKING:
     from bnfold.batch import Outcome
-    from bnfold.verification.run import VerifyReport
+    from bnfold.verification.report import VerifyReport
 
 #: Bumped when a field is renamed or removed (never within a major version); adding is free.
 SCHEMA_VERSION = 1

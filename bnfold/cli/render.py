@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from bnfold.batch import Mode, Outcome
     from bnfold.cli.ui import Ui
     from bnfold.fold.report import FoldReport
-    from bnfold.verification.run import VerifyReport
+    from bnfold.verification.report import VerifyReport
 
 
 def decision_table(report: FoldReport, title: str, *, only_skipped: bool = False) -> Table:

@@ -10,90 +10,26 @@ the request does not fit the models (bad --input-shape or --inputs).
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
 import sys
-import threading
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bnfold.errors import BnfoldError, UsageError
-from bnfold.runtime.inputs import InputSpec, make_feeds, output_names
-from bnfold.verification.run import OutputComparison, compare_arrays, merge, tolerances_for
-
-Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-
-
-class BackendError(Exception):
-    """The backend cannot load or run a model."""
-
-
-# -- onnxruntime --------------------------------------------------------------------------------
-
-#: onnxruntime's type strings -> ONNX element type numbers (see bnfold.runtime.inputs.NUMPY_TYPES).
-_ORT_TYPES = {
-    "tensor(float)": 1,
-    "tensor(uint8)": 2,
-    "tensor(int8)": 3,
-    "tensor(uint16)": 4,
-    "tensor(int16)": 5,
-    "tensor(int32)": 6,
-    "tensor(int64)": 7,
-    "tensor(string)": 8,
-    "tensor(bool)": 9,
-    "tensor(float16)": 10,
-    "tensor(double)": 11,
-    "tensor(uint32)": 12,
-    "tensor(uint64)": 13,
-    "tensor(bfloat16)": 16,
-}
-
-
-def open_session(
-    path: str, *, level: str = "disable_all", threads: int | None = None
-) -> tuple[Any, list[InputSpec], list[str]]:
-    """An onnxruntime CPU session at optimization ``level`` ("disable_all" or "basic"), with the
-    inputs it wants and its output names. Raises BackendError when onnxruntime refuses it."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        if level == "basic"
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for every failure
-        raise BackendError(first_line(exc)) from None
-    return session, session_inputs(session), [o.name for o in session.get_outputs()]
-
-
-def session_inputs(session: Any) -> list[InputSpec]:
-    """What an onnxruntime session wants fed; BackendError for a type bnfold cannot make."""
-    specs = []
-    for i in session.get_inputs():
-        if i.type not in _ORT_TYPES:
-            raise BackendError(f"input '{i.name}' has type {i.type}, which bnfold cannot feed")
-        shape = tuple(d if isinstance(d, int) else (d or None) for d in i.shape)
-        specs.append(InputSpec(i.name, _ORT_TYPES[i.type], shape))
-    return specs
+from bnfold.errors import UsageError
+from bnfold.runtime.inputs import InputSpec, make_feeds
+from bnfold.runtime.serve import BackendError, first_line, serve
+from bnfold.runtime.session import open_session, session_inputs
+from bnfold.verification.compare import Runner, compare_arrays, merge, tolerances_for
+from bnfold.verification.reference import reference_model
+from bnfold.verification.report import OutputComparison
 
 
 def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
     """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written."""
-    session, specs, outputs = open_session(path)
+    session = open_session(path)
+    specs, outputs = session_inputs(session), [o.name for o in session.get_outputs()]
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
@@ -107,139 +43,7 @@ def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 # -- onnx.reference -----------------------------------------------------------------------------
 
 
-def _low_precision(dtype: np.dtype[Any]) -> bool:
-    """float16 and bfloat16: the dtypes whose arithmetic the reference evaluator must not do
-    step by step (see ``_in_float32``)."""
-    return dtype == np.float16 or dtype.name == "bfloat16"
-
-
-def _in_float32(base: Any, name: str) -> type:
-    """``base`` (a reference-evaluator op) computing float16/bfloat16 inputs in float32 and
-    rounding each output once into the input dtype.
-
-    numpy, and ml_dtypes for bfloat16, round after every elementwise step: the reference Conv
-    rounds its product and again after adding the bias, Gemm after each of alpha, @, beta and
-    +. Every real kernel accumulates in float32 and rounds the result once; the step-by-step
-    rounding is noise of the evaluator, as large as the fold's own rounding and not in either
-    model, so it would be compared as if it were a difference between them.
-    """
-
-    def _run(self: Any, *inputs: Any, **attrs: Any) -> tuple[Any, ...]:
-        low = next(
-            (x.dtype for x in inputs if isinstance(x, np.ndarray) and _low_precision(x.dtype)),
-            None,
-        )
-        if low is None:
-            result: tuple[Any, ...] = base._run(self, *inputs, **attrs)
-            return result
-        up = [
-            x.astype(np.float32) if isinstance(x, np.ndarray) and x.dtype == low else x
-            for x in inputs
-        ]
-        return tuple(
-            r.astype(low) if isinstance(r, np.ndarray) and r.dtype == np.float32 else r
-            for r in base._run(self, *up, **attrs)
-        )
-
-    return type(name, (base,), {"op_domain": "", "_run": _run})
-
-
-def _reference_ops(opset: int) -> list[type]:
-    """bnfold's replacements for reference-evaluator ops at ``opset``: an inference-mode
-    BatchNormalization, and the layers BatchNormalization folds into computed in float32 for
-    float16/bfloat16."""
-    from onnx.reference.ops.op_conv import Conv
-    from onnx.reference.ops.op_conv_transpose import ConvTranspose
-    from onnx.reference.ops.op_gemm import Gemm_6, Gemm_7
-    from onnx.reference.ops.op_matmul import MatMul
-
-    gemm = Gemm_6 if opset < 7 else Gemm_7
-    layers = [(Conv, "Conv"), (ConvTranspose, "ConvTranspose"), (gemm, "Gemm")]
-    return [
-        _in_float32(_batchnorm_op(), "BatchNormalization"),
-        *(_in_float32(base, name) for base, name in [*layers, (MatMul, "MatMul")]),
-    ]
-
-
-def _batchnorm_op() -> type:
-    """BatchNormalization for the reference evaluator that honours inference mode.
-
-    onnx 1.23's reference implementation for opsets 9-13 normalizes with batch statistics; a
-    model in inference mode must use the running mean and variance it stores.
-    """
-    from onnx.reference.op_run import OpRun
-
-    class BatchNormalization(OpRun):
-        op_domain = ""
-
-        def _run(  # type: ignore[no-untyped-def]
-            self,
-            x,
-            scale,
-            bias,
-            mean,
-            var,
-            epsilon=None,
-            momentum=None,
-            spatial=None,
-            is_test=None,
-            training_mode=None,
-            consumed_inputs=None,
-        ):
-            eps = 1e-5 if epsilon is None else epsilon
-            training = bool(training_mode) or (is_test is not None and not is_test)
-            axes = (0, *range(2, x.ndim))
-
-            def per_channel(p: np.ndarray) -> np.ndarray:
-                return np.reshape(p, (1, *p.shape) + (1,) * (x.ndim - 1 - p.ndim))
-
-            if training:
-                m, v = x.mean(axis=axes), x.var(axis=axes)
-            else:
-                m, v = mean, var
-            y = (x - per_channel(m)) / np.sqrt(per_channel(v) + eps)
-            y = (y * per_channel(scale) + per_channel(bias)).astype(x.dtype)
-            if not training or len(self.output) == 1:
-                return (y,)
-            mom = 0.9 if momentum is None else momentum
-            run_mean = (mean * mom + m * (1 - mom)).astype(mean.dtype)
-            run_var = (var * mom + v * (1 - mom)).astype(var.dtype)
-            return (y, run_mean, run_var)[: len(self.output)]
-
-    return BatchNormalization
-
-
-def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
-    import onnx
-    from onnx.reference import ReferenceEvaluator
-
-    from bnfold.runtime.inputs import input_specs
-
-    try:
-        model = onnx.load(path)
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        evaluator = ReferenceEvaluator(model, new_ops=_reference_ops(opset))
-    except Exception as exc:  # the reference evaluator raises anything for unsupported models
-        raise BackendError(first_line(exc)) from None
-    outputs = output_names(model)
-
-    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        try:
-            return [np.asarray(r) for r in evaluator.run(None, feed)]
-        except Exception as exc:
-            raise BackendError(first_line(exc)) from None
-
-    return input_specs(model), outputs, run
-
-
 # -- the comparison -----------------------------------------------------------------------------
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (at most 400 characters), for a report."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:400]
 
 
 def _same_interface(
@@ -311,75 +115,6 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> int:
     return serve(argv, run_request)
-
-
-#: The exit code when the result cannot be written (bnfold.verification.run.EXIT_NO_RESULT).
-EXIT_NO_RESULT = 75
-
-
-def serve(argv: Sequence[str], handle: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
-    """Read the JSON request at argv[0], answer it with ``handle`` into the JSON file at argv[1];
-    what goes wrong becomes the answer (backend_error / user_error), never a traceback.
-
-    A result that cannot be written (a full disk) is said in one line on stderr, exit 75. Once
-    the request is read, a watcher thread ends this process when the parent dies (see
-    ``watch_parent``).
-    """
-    request_path, result_path = argv
-    try:
-        request = json.loads(Path(request_path).read_text())
-    except (OSError, ValueError) as exc:
-        print(f"cannot read the request {request_path}: {first_line(exc)}", file=sys.stderr)
-        return 2
-    if request.get("parent_fd") is not None:
-        cleanup = [Path(request_path).parent, *map(Path, request.get("cleanup") or ())]
-        watch_parent(int(request["parent_fd"]), cleanup)
-    try:
-        result = handle(request)
-    except BackendError as exc:
-        result = {"status": "backend_error", "message": str(exc)}
-    except BnfoldError as exc:
-        result = {
-            "status": "user_error",
-            "type": type(exc).__name__,
-            "message": exc.message,
-            "hint": exc.hint,
-        }
-    except Exception as exc:  # a bug or an unexpected failure: report it, do not hide it
-        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        result = {
-            "status": "backend_error",
-            "message": f"{type(exc).__name__}: {first_line(exc)} ({tb})",
-        }
-    try:
-        Path(result_path).write_text(json.dumps(result))
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            Path(result_path).unlink()  # no half-written result for the parent to misread
-        print(exc.strerror or first_line(exc), file=sys.stderr)
-        return EXIT_NO_RESULT
-    return 0
-
-
-def watch_parent(fd: int, cleanup: Sequence[Path]) -> None:
-    """Exit this process, removing the folders in ``cleanup``, once the parent has died.
-
-    ``fd`` is the read end of a pipe whose write end only the parent holds, so reading it
-    blocks until the parent closes it or dies, however it dies (SIGKILL too). The read runs in a
-    daemon thread; onnxruntime and numpy release the GIL while they compute, so it gets to run.
-    """
-
-    def wait() -> None:
-        try:
-            while os.read(fd, 1):
-                pass
-        except OSError:
-            pass
-        for folder in cleanup:
-            shutil.rmtree(folder, ignore_errors=True)
-        os._exit(1)
-
-    threading.Thread(target=wait, name="bnfold-parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
