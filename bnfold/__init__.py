@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "BNDecision": "bnfold.fold.report",
-    "BenchReport": "bnfold.bench.run",
+    "BenchReport": "bnfold.bench.report",
     "BnfoldError": "bnfold.errors",
     "DEFAULT_RULES": "bnfold.fold.rules",
     "FileStatus": "bnfold.api",
@@ -76,7 +76,8 @@ if TYPE_CHECKING:
         fold_file,
         fold_model,
     )
-    from bnfold.bench.run import BenchReport, benchmark
+    from bnfold.bench.report import BenchReport
+    from bnfold.bench.run import benchmark
     from bnfold.errors import (
         BnfoldError,
         InputError,

@@ -16,14 +16,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from bnfold import benchmark
-from bnfold.bench.run import (
-    BenchReport,
-    Latency,
-    ModelStats,
-    Speedup,
-    SpeedupGroup,
-    compare_baseline,
-)
+from bnfold.bench.baseline import compare_baseline
+from bnfold.bench.report import BenchReport, Latency, ModelStats, Speedup, SpeedupGroup
 from bnfold.bench.stats import median_ci, ratio_ci, ratio_of_intervals, relative_half_width
 from bnfold.errors import InputError, UsageError
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
@@ -323,7 +317,7 @@ def test_plot_of_several_models_batch_sizes_and_a_long_name(tmp_path: Path) -> N
     pytest.importorskip("matplotlib")
     from dataclasses import replace
 
-    from bnfold.bench.run import plot
+    from bnfold.bench.plot import plot
 
     one = _report(path="/models/" + "a-model-with-a-rather-long-name-" * 4 + ".onnx")
     batches = replace(

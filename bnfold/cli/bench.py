@@ -30,7 +30,7 @@ from bnfold.cli.ui import Ui, escape
 from bnfold.errors import EXIT_FAILED, EXIT_OK, BnfoldError, InputError, UsageError
 
 if TYPE_CHECKING:
-    from bnfold.bench.run import BenchReport
+    from bnfold.bench.report import BenchReport
 
 JSON_OPT, QUIET_OPT, DEBUG_OPT = (p.default for p in OutputGroup.params)
 
@@ -117,15 +117,11 @@ def bench_cmd(
     Exit 0; 1 when --baseline shows a folded model slower beyond the noise; 2 for bad options
     (an unavailable provider, a bad level); 3 for a model onnxruntime cannot run.
     """
-    from bnfold.bench.run import (
-        benchmark,
-        check_plot_available,
-        collect_models,
-        compare_baseline,
-        level_name,
-        load_baseline,
-    )
-    from bnfold.bench.run import plot as draw
+    from bnfold.bench.baseline import compare_baseline, load_baseline
+    from bnfold.bench.plot import check_plot_available
+    from bnfold.bench.plot import plot as draw
+    from bnfold.bench.report import level_name
+    from bnfold.bench.run import benchmark, collect_models
 
     ui = Ui(as_json=as_json, quiet=quiet, debug=debug)
     try:

@@ -11,7 +11,8 @@ from bnfold.cli.ui import table as _table
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from bnfold.bench.run import BaselineComparison, BenchReport, Change
+    from bnfold.bench.baseline import BaselineComparison, Change
+    from bnfold.bench.report import BenchReport
 
 
 def _interval(lo: float, hi: float) -> str:
