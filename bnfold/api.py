@@ -13,7 +13,8 @@ from bnfold.fold import FoldEngine
 from bnfold.fold.report import FoldReport, FoldResult
 from bnfold.fold.rules import DEFAULT_RULES, FoldRule
 from bnfold.model import proto
-from bnfold.model.reading import open_model_file, read_model, stage_model
+from bnfold.model.reading import open_model_file, read_model
+from bnfold.model.staging import stage_model
 from bnfold.verification import run as verification
 from bnfold.verification.report import VerifyReport
 

@@ -19,9 +19,9 @@ import numpy.typing as npt
 from bnfold.errors import InputError
 from bnfold.model import proto
 from bnfold.model.constfold import EVALUATORS, Budget, CannotEvaluate, TooLarge, evaluate
+from bnfold.model.external import read_external
 from bnfold.model.proto import AttributeProto, TensorProto
 from bnfold.model.store import TensorStore
-from bnfold.model.writer import read_external
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -15,9 +15,7 @@ the tensors it actually changes.
 from __future__ import annotations
 
 import os
-import re
-import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
@@ -27,10 +25,11 @@ from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from bnfold.errors import InputError
 from bnfold.model import proto
-from bnfold.model.proto import AttributeProto, TensorProto
+from bnfold.model.external import ExternalRef, external_ref
+from bnfold.model.proto import TensorProto
 from bnfold.model.store import FileSlice, Source, TensorStore
+from bnfold.model.tensors import expected_nbytes, node_tensors
 from bnfold.model.wire import encode_varint
 from bnfold.numerics.arith import LazyScaled
 
@@ -79,105 +78,6 @@ def _field_bytes(msg: Message, fd: FieldDescriptor, value: Any) -> bytes:
 
 
 # -- where tensor contents go -------------------------------------------------------------------
-
-
-#: Where an external tensor's bytes are: file (resolved), offset, length.
-ExternalRef = FileSlice
-
-
-_DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-def resolve_location(base_dir: Path, location: str) -> Path:
-    """The file an external-data ``location`` names, refused unless it is a regular file inside
-    ``base_dir`` (the model's folder): a model is untrusted input, and a location such as
-    ``../../etc/passwd``, an absolute path or a symlink out of the folder would make bnfold read,
-    and copy into its output, a file the model has no business with (onnx's checker refuses the
-    same)."""
-    if not location:
-        raise InputError("an external-data tensor names no location (file)")
-    if "\0" in location:
-        raise InputError(f"external data location {location!r} is not a file name")
-    parts = location.replace("\\", "/").split("/")
-    if location.startswith(("/", "\\")) or Path(location).is_absolute() or _DRIVE.match(location):
-        raise InputError(
-            f"external data location {location!r} is an absolute path; only files in the "
-            "model's folder are read"
-        )
-    if ".." in parts:
-        raise InputError(
-            f"external data location {location!r} leads out of the model's folder; only files "
-            "in the model's folder are read"
-        )
-    path = base_dir / location
-    try:
-        real, root = os.path.realpath(path), os.path.realpath(base_dir)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"external data location {location!r}: {exc}") from None
-    if os.path.commonpath([real, root]) != root:
-        raise InputError(
-            f"external data location {location!r} is a link out of the model's folder; only "
-            "files in the model's folder are read"
-        )
-    try:
-        st = os.stat(real)
-    except OSError:
-        raise InputError(
-            f"external data file {location!r} is missing", hint="keep it next to the model"
-        ) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"external data location {location!r} is not a regular file")
-    return path
-
-
-def _entry_int(info: dict[str, str], key: str, tensor: TensorProto) -> int | None:
-    if key not in info:
-        return None
-    try:
-        value = int(info[key])
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise InputError(
-            f"tensor '{tensor.name}': external data {key} {info[key]!r} is not a byte count"
-        )
-    return value
-
-
-def external_ref(tensor: TensorProto, base_dir: Path) -> ExternalRef:
-    """The location of an EXTERNAL tensor's data, relative to the model's folder; InputError
-    when the location is not a file in that folder or the offset/length do not fit it."""
-    keys = [e.key for e in tensor.external_data]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        raise InputError(
-            f"tensor '{tensor.name}': external data key '{twice[0]}' is given more than once"
-        )
-    info = {e.key: e.value for e in tensor.external_data}
-    location = info.get("location", "")
-    path = resolve_location(base_dir, location)
-    offset = _entry_int(info, "offset", tensor) or 0
-    length = _entry_int(info, "length", tensor)
-    size = path.stat().st_size
-    if length is None:
-        length = max(size - offset, 0)
-    if offset + length > size:
-        raise InputError(
-            f"external data file {location!r} is shorter than tensor '{tensor.name}' needs "
-            f"({offset + length} bytes, the file has {size}; truncated copy?)"
-        )
-    return ExternalRef(path, offset, length)
-
-
-def read_external(tensor: TensorProto, base_dir: Path) -> bytes:
-    """The bytes of an EXTERNAL tensor, read from its file."""
-    ref = external_ref(tensor, base_dir)
-    with open(ref.path, "rb") as f:
-        f.seek(ref.offset)
-        data = f.read(ref.length)
-    if len(data) != ref.length:
-        raise OSError(f"external data file {ref.path} is shorter than tensor '{tensor.name}' needs")
-    return data
 
 
 Job = Callable[[BinaryIO], None]
@@ -286,77 +186,7 @@ def _header(tensor: TensorProto) -> TensorProto:
     return before
 
 
-def node_tensors(node: proto.NodeProto) -> Iterator[TensorProto]:
-    """Every tensor a node holds: attribute values and the initializers of its subgraphs."""
-    for attr in node.attribute:
-        if attr.type == AttributeProto.TENSOR:
-            yield attr.t
-        elif attr.type == AttributeProto.TENSORS:
-            yield from attr.tensors
-        elif attr.type == AttributeProto.GRAPH:
-            yield from graph_tensors(attr.g)
-        elif attr.type == AttributeProto.GRAPHS:
-            for g in attr.graphs:
-                yield from graph_tensors(g)
-
-
-def graph_tensors(graph: proto.GraphProto) -> Iterator[TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        yield from node_tensors(node)
-
-
 # -- the plan: every piece of the file with its size, before anything is written ----------------
-
-
-#: Bytes per element of the fixed-size element types, to know a raw tensor's size unread.
-_ITEM_SIZE: dict[int, int] = {
-    TensorProto.FLOAT: 4,
-    TensorProto.UINT8: 1,
-    TensorProto.INT8: 1,
-    TensorProto.UINT16: 2,
-    TensorProto.INT16: 2,
-    TensorProto.INT32: 4,
-    TensorProto.INT64: 8,
-    TensorProto.BOOL: 1,
-    TensorProto.FLOAT16: 2,
-    TensorProto.DOUBLE: 8,
-    TensorProto.UINT32: 4,
-    TensorProto.UINT64: 8,
-    TensorProto.COMPLEX64: 8,
-    TensorProto.COMPLEX128: 16,
-    TensorProto.BFLOAT16: 2,
-}
-
-
-#: Element types packed two to a byte (int4, uint4, float4e2m1).
-_PACKED_4BIT = (21, 22, 23)
-#: float8 types: one byte each.
-_FLOAT8 = (17, 18, 19, 20)
-
-
-def element_count(tensor: TensorProto) -> int:
-    """The number of elements ``tensor``'s dims declare (InputError for a negative dim)."""
-    n = 1
-    for d in tensor.dims:
-        if d < 0:
-            raise InputError(f"tensor '{tensor.name}' has a negative dimension {d}")
-        n *= int(d)
-    return n
-
-
-def expected_nbytes(tensor: TensorProto) -> int | None:
-    """How many bytes of raw data ``tensor``'s dims and type need; None for variable-size types
-    (strings) and types this bnfold does not know."""
-    n = element_count(tensor)
-    item = _ITEM_SIZE.get(tensor.data_type)
-    if item is not None:
-        return item * n
-    if tensor.data_type in _FLOAT8:
-        return n
-    if tensor.data_type in _PACKED_4BIT:
-        return (n + 1) // 2
-    return None
 
 
 def _raw_size(tensor: TensorProto) -> int:
