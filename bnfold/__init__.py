@@ -4,8 +4,8 @@ Public API: ``fold_model``, ``fold_file``, ``verify``, ``benchmark``, the option
 (``VerifyOptions``, ``FoldRule``/``DEFAULT_RULES``) and the result types.
 Names are imported on first use, so that ``import bnfold`` (and the verification child process,
 which needs neither the fold engine nor onnx) stays cheap; onnxruntime is only ever imported in
-a child process. The verification code lives in ``bnfold.verification.run`` so that
-``bnfold.verify`` is always the function.
+a child process. The verification package is ``bnfold.verification`` so that ``bnfold.verify``
+is always the function. docs/architecture.md shows the subpackages and their layers.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from bnfold.model import proto
 from bnfold.model.reading import open_model_file, read_model
 from bnfold.model.staging import stage_model
 from bnfold.verification import run as verification
-from bnfold.verification.report import VerifyReport
+from bnfold.verification.report import DEFAULT_TIMEOUT, VerifyReport
 
 
 def fold_model(
@@ -69,7 +69,7 @@ class VerifyOptions:
     rtol: float | None = None
     atol: float | None = None
     output_tolerances: Mapping[str, tuple[float | None, float | None]] | None = None
-    timeout: float | None = 600.0
+    timeout: float | None = DEFAULT_TIMEOUT
     require_verified: bool = False
 
     def __post_init__(self) -> None:

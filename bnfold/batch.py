@@ -141,6 +141,14 @@ def collect_tasks(
     return _distinct([Task(p, out / rel) for p, rel in entries])
 
 
+def collect_models(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Model files, with folders expanded into the ``*.onnx`` under them (bnfold's own
+    ``*.folded.onnx`` outputs skipped, as everywhere)."""
+    return [
+        t.input for t in collect_tasks([Path(p) for p in paths], None, in_place=False, write=False)
+    ]
+
+
 def _is_dir(path: Path) -> bool:
     try:
         return path.is_dir()

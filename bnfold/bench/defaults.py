@@ -1,4 +1,4 @@
-"""Default values the command line shows in ``--help``, importable without numpy or onnx."""
+"""bench's defaults, shown in ``--help``: importable without numpy or onnx."""
 
 from __future__ import annotations
 
@@ -12,6 +12,3 @@ DEFAULT_TARGET_CI = 0.02
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 DEFAULT_LEVELS = ("disable_all", "basic")
 DEFAULT_MAX_SLOWDOWN = 0.05
-
-#: Seconds one verification may take.
-DEFAULT_TIMEOUT = 600.0

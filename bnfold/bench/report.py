@@ -9,7 +9,7 @@ from typing import Any
 
 from bnfold.errors import UsageError
 from bnfold.fold.report import FoldReport
-from bnfold.runtime.session import ORT_LEVELS
+from bnfold.runtime.levels import ORT_LEVELS
 
 #: what a user may type for a level -> the name in reports
 LEVELS = {

@@ -41,16 +41,6 @@ def _stats(path: Path, model: Any, files: set[Path]) -> ModelStats:
     return ModelStats(str(path), size, count_nodes(model), bns)
 
 
-def collect_models(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Model files, with folders expanded into the ``*.onnx`` under them (bnfold's own
-    ``*.folded.onnx`` outputs skipped, as everywhere)."""
-    from bnfold.batch import collect_tasks
-
-    return [
-        t.input for t in collect_tasks([Path(p) for p in paths], None, in_place=False, write=False)
-    ]
-
-
 def _check_options(
     iterations: int,
     warmup: int,

@@ -5,8 +5,8 @@ usage error); tables, progress, warnings and errors go to stderr. Exit codes: 0 
 "nothing to fold"), 1 verification failed or ``check`` found a foldable BatchNormalization,
 2 usage error, 3 unusable input, 4 written but unverified.
 
-One module per command (``cli_fold``, ``cli_check``, ``cli_verify``, ``cli_bench``), option
-groups that build the API's option objects in ``cli_options``, the output sink in ``cli_ui``.
+One module per command (``fold``, ``check``, ``verify``, ``bench``), option groups that build the
+API's option objects in ``options``, the output sink in ``ui``.
 Nothing here imports onnx, numpy or onnxruntime: ``--help`` and ``--version`` stay fast.
 """
 

@@ -117,11 +117,12 @@ def bench_cmd(
     Exit 0; 1 when --baseline shows a folded model slower beyond the noise; 2 for bad options
     (an unavailable provider, a bad level); 3 for a model onnxruntime cannot run.
     """
+    from bnfold.batch import collect_models
     from bnfold.bench.baseline import compare_baseline, load_baseline
     from bnfold.bench.plot import check_plot_available
     from bnfold.bench.plot import plot as draw
     from bnfold.bench.report import level_name
-    from bnfold.bench.run import benchmark, collect_models
+    from bnfold.bench.run import benchmark
 
     ui = Ui(as_json=as_json, quiet=quiet, debug=debug)
     try:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from bnfold.bench.defaults import DEFAULT_TIMEOUT
 from bnfold.cli.ui import Ui
 from bnfold.errors import BnfoldError, UsageError
+from bnfold.verification.report import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from bnfold.api import VerifyOptions

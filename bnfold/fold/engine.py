@@ -28,9 +28,9 @@ def count_nodes(model: proto.ModelProto) -> int:
 class FoldEngine:
     """Folds every foldable BatchNormalization of one model, in place.
 
-    With a ``store`` (the model was opened from a file, ``modelio.open_model_file``), weights
-    are read from where the store says and folded ones stay arrays in it until the writer puts
-    them in the output file; without one, the model's protos hold every value.
+    With a ``store`` (the model was opened from a file by ``model.reading.open_model_file``),
+    weights are read from where the store says and folded ones stay arrays in it until the writer
+    puts them in the output file; without one, the model's protos hold every value.
     """
 
     def __init__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnfold.runtime.inputs import InputSpec
+from bnfold.runtime.levels import ORT_LEVELS
 from bnfold.runtime.serve import BackendError, first_line
 
 #: onnxruntime's type strings -> ONNX element type numbers (see bnfold.runtime.inputs.NUMPY_TYPES).
@@ -23,15 +24,6 @@ _ORT_TYPES = {
     "tensor(uint32)": 12,
     "tensor(uint64)": 13,
     "tensor(bfloat16)": 16,
-}
-
-
-#: bnfold's level names -> onnxruntime's GraphOptimizationLevel members
-ORT_LEVELS = {
-    "disable_all": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
 }
 
 

@@ -23,6 +23,9 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
+#: Seconds one verification may take.
+DEFAULT_TIMEOUT = 600.0
+
 #: Integer, bool and other non-float outputs must be equal.
 EXACT = (0.0, 0.0)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bnfold.errors import InputError, UsageError
 from bnfold.runtime.child import run_child, temp_folder_error, work_folder
-from bnfold.verification.report import OutputComparison, VerifyReport
+from bnfold.verification.report import DEFAULT_TIMEOUT, OutputComparison, VerifyReport
 
 if TYPE_CHECKING:
     import onnx
@@ -39,7 +39,7 @@ def verify(
     rtol: float | None = None,
     atol: float | None = None,
     output_tolerances: Mapping[str, tuple[float | None, float | None]] | None = None,
-    timeout: float | None = 600.0,
+    timeout: float | None = DEFAULT_TIMEOUT,
     scratch_dir: str | os.PathLike[str] | None = None,
     cleanup: Sequence[str | os.PathLike[str]] = (),
 ) -> VerifyReport:
