@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -465,3 +466,36 @@ def test_json_document_also_for_command_errors(tmp_path: Path) -> None:
     assert code == 3 and "no .onnx models" in err
     doc = json.loads(out)
     assert doc["exit_code"] == 3 and doc["models"] == [] and doc["error"]["type"] == "InputError"
+
+
+def test_bare_bnfold_prints_readable_usage() -> None:
+    """The first thing people type: the help with real line breaks (a usage error: exit 2)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnfold"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "\\x0a" not in proc.stderr and "Usage: bnfold" in proc.stderr
+    assert len(proc.stderr.splitlines()) > 10 and "Commands:" in proc.stderr
+    assert "  fold " in proc.stderr
+
+
+def test_shell_completion_is_offered() -> None:
+    """Typer's --show-completion prints a script for the shell; completion names commands."""
+    import os
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "bnfold", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SHELL": "/bin/bash"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "_bnfold_completion" in shown.stdout and "complete " in shown.stdout
+    env = {**os.environ, "COMP_WORDS": "bnfold ch", "COMP_CWORD": "1"}
+    env["_BNFOLD_COMPLETE"] = "complete_bash"
+    exe = shutil.which("bnfold", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.skip("the bnfold console script is not installed beside this python")
+    done = subprocess.run([exe], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stdout.split() == ["check"], done

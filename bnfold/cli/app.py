@@ -20,7 +20,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import typer
-from typer._click.exceptions import ClickException  # typer 0.26+ carries its own click
+from typer._click.exceptions import (  # typer 0.26+ carries its own click
+    ClickException,
+    NoArgsIsHelpError,
+)
 from typer.core import TyperGroup
 
 from bnfold import __version__
@@ -34,7 +37,7 @@ from bnfold.errors import EXIT_OK
 __all__ = ["app", "entry", "escape", "main", "printable"]
 
 COMMANDS = ("fold", "inspect", "check", "verify", "bench", "schema")
-_ROOT_OPTIONS = ("--help", "-h", "--version")
+_ROOT_OPTIONS = ("--help", "-h", "--version", "--install-completion", "--show-completion")
 
 
 class _DefaultToFold(TyperGroup):
@@ -90,7 +93,8 @@ def _usage_errors(args: Sequence[str]) -> Iterator[None]:
 
             command = args[0] if args and args[0] in COMMANDS else "fold"
             emit_json(error_document(command, exc.exit_code, "UsageError", exc.format_message()))
-        exc.message = printable(exc.message)
+        if not isinstance(exc, NoArgsIsHelpError):  # that message is bnfold's own help text
+            exc.message = printable(exc.message)
         raise
 
 
@@ -101,7 +105,7 @@ app = typer.Typer(
     "with onnxruntime that the folded model gives the same outputs.\n\n"
     "bnfold MODEL is short for bnfold fold MODEL.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
