@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from bnfold.errors import UsageError, VerificationFailed
-from bnfold.fold import FoldEngine
+from bnfold.fold.engine import FoldEngine
 from bnfold.fold.report import FoldReport, FoldResult
 from bnfold.fold.rules import DEFAULT_RULES, FoldRule
 from bnfold.model import proto
@@ -98,6 +98,9 @@ class FileFoldResult:
     status: FileStatus
     verification: VerifyReport | None = None
     written: tuple[Path, ...] = field(default=())
+    #: bytes of the input (model file and external data) and of what was written
+    size_before: int | None = None
+    size_after: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +108,8 @@ class FileFoldResult:
             "output": str(self.output) if self.output else None,
             "status": self.status,
             "written": [str(p) for p in self.written],
+            "size_before": self.size_before,
+            "size_after": self.size_after,
             "report": self.report.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
         }
@@ -157,12 +162,17 @@ def fold_file(
         _check_not_an_input(src, dst, opened.files())
     # Folded weights stay arrays in the store until written: one copy less of each, and for
     # inspect/check (write=False) none of them is serialized into the model at all.
+    size = _size(opened.files())
     engine = FoldEngine(model, rules, base_dir=src.parent, store=store)
     report = engine.run()
     if not write:
-        return FileFoldResult(input=src, output=None, report=report, status="inspected")
+        return FileFoldResult(
+            input=src, output=None, report=report, status="inspected", size_before=size
+        )
     if in_place and not report.changed:  # same bytes, same mtime: build tools see no change
-        return FileFoldResult(input=src, output=dst, report=report, status="unchanged")
+        return FileFoldResult(
+            input=src, output=dst, report=report, status="unchanged", size_before=size
+        )
     staging = stage_model(
         model, dst, external_data=external or None, source_dir=src.parent, store=store
     )
@@ -184,12 +194,17 @@ def fold_file(
             status == "unverified" and verify is not None and verify.require_verified
         )
         result = FileFoldResult(
-            input=src, output=dst, report=report, status=status, verification=verification
+            input=src,
+            output=dst,
+            report=report,
+            status=status,
+            verification=verification,
+            size_before=size,
         )
         if refused and not force:
             raise VerificationFailed(_refusal(result), result=result)
         written = tuple(staged.commit())
-    return replace(result, written=written)
+    return replace(result, written=written, size_after=_size(written))
 
 
 def verify_with(
@@ -258,3 +273,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def _size(files: Iterable[Path]) -> int:
+    """Bytes of ``files`` together (a file that vanished counts 0)."""
+    total = 0
+    for path in set(files):
+        try:
+            total += path.stat().st_size
+        except OSError:
+            continue
+    return total

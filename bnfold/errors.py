@@ -45,6 +45,12 @@ def api_terms(text: str) -> str:
     return _FLAG.sub(lambda m: _PARAMETERS.get(m.group(), m.group()), text)
 
 
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks written as ``\\x0a``/``\\x0d``: a name read from a model can
+    hold one, and an error is one line."""
+    return text.replace("\r", "\\x0d").replace("\n", "\\x0a")
+
+
 class BnfoldError(Exception):
     """A problem the user can fix; rendered as one line, never a traceback.
 
@@ -55,9 +61,10 @@ class BnfoldError(Exception):
     exit_code: int = EXIT_FAILED
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = _one_line(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = _one_line(hint) if hint is not None else None
 
     @property
     def cli_message(self) -> str:

@@ -215,11 +215,12 @@ def test_bench_several_models_and_a_folder(chain: Path, tmp_path: Path) -> None:
     assert set(first["speedup"]) == {"vs_original", "vs_ort_basic"}
 
 
-def test_bench_command_table_on_stderr(chain: Path) -> None:
+def test_bench_command_table_on_stdout(chain: Path) -> None:
     code, out, err = invoke("bench", str(chain), *FAST)
-    assert code == 0 and out == ""
-    assert "folded @ ORT_DISABLE_ALL" in err and "original @ ORT_ENABLE_BASIC" in err
-    assert "the original's speed" in err and "95% CI" in err
+    # stderr holds warnings at most (a noisy machine says so); the report is on stdout
+    assert code == 0 and all(line.startswith("warning:") for line in err.splitlines()), err
+    assert "folded @ ORT_DISABLE_ALL" in out and "original @ ORT_ENABLE_BASIC" in out
+    assert "the original's speed" in out and "95% CI" in out
 
 
 def test_bench_batch_sizes_and_levels_from_the_command(chain: Path, fixed: Path) -> None:
@@ -305,10 +306,10 @@ def test_bench_plot_without_matplotlib_is_a_clear_usage_error(
 def test_bench_plot_draws_an_image(chain: Path) -> None:
     pytest.importorskip("matplotlib")
     png = chain.parent / "latency.png"
-    code, _, err = invoke("bench", str(chain), *FAST, "--plot", str(png))
+    code, out, err = invoke("bench", str(chain), *FAST, "--plot", str(png))
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"wrote {png}" in err
+    assert f"wrote {png}" in " ".join(out.split())
 
 
 def test_plot_of_several_models_batch_sizes_and_a_long_name(tmp_path: Path) -> None:
@@ -483,8 +484,9 @@ def test_bench_baseline_gate_exit_codes(
     doc = json.loads(out)
     assert doc["exit_code"] == code
     assert doc["baseline"]["regressed"] is (code == 1)
-    assert ("slower:" in err) is (code == 1)
-    assert "against" in err
+    assert ("slower:" in err) is (code == 1)  # the verdict reaches the log even with --json
+    got, out, _ = invoke("bench", str(model), "--baseline", str(baseline), *flags)
+    assert got == code and "against" in out and ("slower:" in out) is (code == 1)
 
 
 def test_bench_baseline_that_is_no_bench_document(chain: Path, tmp_path: Path) -> None:

@@ -65,8 +65,9 @@ def model(tmp_path: Path) -> Iterator[Path]:
     assert digest(path) == before, "the input model was modified"
 
 
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, list(args))
+def invoke(*args: str, columns: int = 200) -> tuple[int, str, str]:
+    """Run the CLI; the report is on stdout, progress, warnings and errors on stderr."""
+    result = runner.invoke(app, list(args), env={"COLUMNS": str(columns)})
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -80,9 +81,9 @@ def test_fold_writes_verified_model_beside_input(model: Path) -> None:
     assert folded.is_file()
     m = onnx.load(folded)
     assert count_ops(m, "BatchNormalization") == 1  # the one after Relu stays
-    assert "1 of 2 BatchNormalization folded" in err
-    assert "verification passed" in err
-    assert out == ""  # human output goes to stderr
+    assert "folded 1 of 2 BatchNormalization" in out
+    assert "verification passed" in out
+    assert err == ""  # the report goes to stdout; stderr only has warnings and errors
     assert files(model.parent) == {"net.onnx", "net.folded.onnx"}  # no temp files left
 
 
@@ -96,8 +97,14 @@ def test_fold_json_document(model: Path, tmp_path: Path) -> None:
         "models": 1,
         "errors": 0,
         "bn_total": 2,
+        "bn_folded": 1,
         "folded": 1,
         "skipped": 1,
+        "counts": {
+            "batchnorm": {"folded": 1, "total": 2},
+            "scale": {"folded": 0, "total": 0},
+            "bias": {"folded": 0, "total": 0},
+        },
         "statuses": {"folded": 1},
     }
     entry = doc["models"][0]
@@ -163,8 +170,8 @@ def test_inspect_lists_every_bn_and_writes_nothing(model: Path) -> None:
     assert entry["status"] == "inspected" and entry["written"] == []
     assert [d["node"] for d in entry["report"]["decisions"]] == ["bn1_bn", "bn2_bn"]
     assert files(model.parent) == {"net.onnx"}
-    code, _, err = invoke("inspect", str(model))
-    assert code == 0 and "bn2_bn" in err and "unsupported_producer" in err
+    code, out, _ = invoke("inspect", str(model))
+    assert code == 0 and "bn2_bn" in out and "unsupported_producer" in out
 
 
 def test_check_gates_on_foldable_bn(model: Path, tmp_path: Path) -> None:
@@ -173,8 +180,8 @@ def test_check_gates_on_foldable_bn(model: Path, tmp_path: Path) -> None:
     assert json.loads(out)["models"][0]["status"] == "foldable"
     dst = tmp_path / "clean.onnx"
     assert invoke(str(model), "-o", str(dst), "-q")[0] == 0
-    code, _, err = invoke("check", str(dst))
-    assert code == 0 and "clean" in err
+    code, out, _ = invoke("check", str(dst))
+    assert code == 0 and "clean" in out
     assert not (tmp_path / "clean.folded.onnx").exists()
 
 
@@ -329,8 +336,8 @@ def test_batch_table_without_json(tmp_path: Path) -> None:
     make_tree(src)
     (src / "broken.onnx").unlink()
     code, out, err = invoke("check", str(src))
-    assert code == 1 and out == ""
-    assert "a.onnx" in err and "foldable" in err
+    assert code == 1 and "a.onnx" in out and "foldable" in out
+    assert "[1/2]" in err  # progress (one plain line per model when piped) stays on stderr
 
 
 def test_folder_without_models(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from bnfold.errors import InputError, UsageError
 
 def _stats(path: Path, model: Any, files: set[Path]) -> ModelStats:
     """Size on disk (the model file and the external data files its bytes are in), nodes, BNs."""
-    from bnfold.fold import count_nodes
+    from bnfold.fold.engine import count_nodes
     from bnfold.model.graph import ModelIndex, is_op
 
     index = ModelIndex(model)
@@ -91,7 +91,7 @@ def benchmark(
     Raises UsageError for options that do not fit (an execution provider this onnxruntime does
     not have, a level that is none), InputError when a model cannot be read or run.
     """
-    from bnfold.fold import FoldEngine
+    from bnfold.fold.engine import FoldEngine
     from bnfold.model.reading import open_model_file
     from bnfold.model.writer import write_model
     from bnfold.runtime.child import run_child

@@ -55,5 +55,5 @@ def run_batch(
             if mode == "check" and o.status == "foldable":
                 ui.tell(check_line(o))
     else:
-        ui.show(lambda: batch_table(outcomes, mode))
+        ui.show(lambda: batch_table(outcomes, mode, ui.width))
     return code

@@ -32,7 +32,7 @@ from bnfold.errors import EXIT_FAILED, EXIT_OK, BnfoldError, InputError, UsageEr
 if TYPE_CHECKING:
     from bnfold.bench.report import BenchReport
 
-JSON_OPT, QUIET_OPT, DEBUG_OPT = (p.default for p in OutputGroup.params)
+JSON_OPT, QUIET_OPT, _VERBOSE_OPT, DEBUG_OPT = (p.default for p in OutputGroup.params)
 
 
 def register(parent: typer.Typer) -> None:
@@ -180,7 +180,7 @@ def bench_cmd(
         if comparison.regressed:
             code = max(code, EXIT_FAILED)
             how = " relative to the original" if relative else ""
-            ui.err.print(
+            ui.tell(
                 f"[red]slower:[/red] a folded model is slower{how} than in "
                 f"{escape(str(baseline))} beyond the noise (+{max_slowdown:.0%} allowed)"
             )

@@ -11,9 +11,11 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bnfold import __version__
+from bnfold.fold.report import KINDS
 
 if TYPE_CHECKING:
     from bnfold.batch import Outcome
+    from bnfold.fold.report import FoldReport
     from bnfold.verification.report import VerifyReport
 
 #: Bumped when a field is renamed or removed (never within a major version); adding is free.
@@ -39,8 +41,10 @@ def batch_document(command: str, outcomes: Sequence[Outcome], exit_code: int) ->
             "models": len(outcomes),
             "errors": sum(o.status == "error" for o in outcomes),
             "bn_total": sum(r.bn_total for r in reports),
+            "bn_folded": sum(r.bn_folded for r in reports),
             "folded": sum(r.folded for r in reports),
             "skipped": sum(r.skipped for r in reports),
+            "counts": _tally(reports),
             "statuses": _count(o.status for o in outcomes),
         },
         "models": [o.to_dict() for o in outcomes],
@@ -74,3 +78,13 @@ def _count(items: Iterable[str]) -> dict[str, int]:
     for item in items:
         counts[item] = counts.get(item, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _tally(reports: Sequence[FoldReport]) -> dict[str, dict[str, int]]:
+    """Folded and total per kind over every model (the kinds of ``FoldReport.tally``)."""
+    total: dict[str, dict[str, int]] = {k: {"folded": 0, "total": 0} for k in KINDS}
+    for report in reports:
+        for kind, t in report.tally().items():
+            total[kind]["folded"] += t.folded
+            total[kind]["total"] += t.total
+    return total

@@ -1,7 +1,7 @@
 """Option groups: each declares some command-line options and builds one API object from them.
 
 As Polygraphy's argument groups do: ``VerifyGroup`` turns ``--input-shape``, ``--rtol``, ...
-into a ``bnfold.VerifyOptions``, ``OutputGroup`` turns ``--json``/``-q``/``--debug`` into the
+into a ``bnfold.VerifyOptions``, ``OutputGroup`` turns ``--json``/``-q``/``-v``/``--debug`` into the
 ``Ui``. ``command()`` adds a group's options to a command's signature and hands the command the
 built object; a ``BnfoldError`` raised by a builder or the command is rendered once, here.
 Nothing in this module imports onnx or numpy: ``--help`` must stay fast.
@@ -53,11 +53,23 @@ class OutputGroup(OptionGroup):
             bool,
             typer.Option(False, "-q", "--quiet", help="Print only warnings and errors."),
         ),
+        Param(
+            "verbose",
+            bool,
+            typer.Option(
+                False, "-v", "--verbose", help="List every node, not a summary by reason."
+            ),
+        ),
         Param("debug", bool, typer.Option(False, "--debug", help="Show tracebacks for errors.")),
     )
 
     def build(self, values: dict[str, Any]) -> Ui:
-        return Ui(as_json=values["as_json"], quiet=values["quiet"], debug=values["debug"])
+        return Ui(
+            as_json=values["as_json"],
+            quiet=values["quiet"],
+            debug=values["debug"],
+            verbose=values["verbose"],
+        )
 
 
 SHAPE_OPT = typer.Option(

@@ -38,9 +38,14 @@ _DECISION = _object(
         "op": {"enum": ["BatchNormalization", "Mul", "Add"]},
     },
     input={"type": "string"},
+    kind={"enum": ["batchnorm", "scale", "bias"]},
 )
 
 _COUNT = {"type": "integer", "minimum": 0}
+_TALLY = _object({"folded": _COUNT, "total": _COUNT})
+#: folded and total per kind: BatchNormalization, scale Mul/Add, bias Add (one vocabulary for
+#: fold, inspect, check and the one-line -q output)
+_COUNTS = _object({"batchnorm": _TALLY, "scale": _TALLY, "bias": _TALLY})
 
 _REPORT = _object(
     {
@@ -53,7 +58,10 @@ _REPORT = _object(
         "nodes_after": _COUNT,
         "skip_reasons": {"type": "object", "additionalProperties": _COUNT},
         "decisions": {"type": "array", "items": {"$ref": "#/$defs/decision"}},
-    }
+    },
+    counts=_COUNTS,
+    materialized_bytes=_COUNT,
+    copied_bytes=_COUNT,
 )
 
 _OUTPUT = _object(
@@ -110,7 +118,9 @@ _MODEL = _object(
         "error": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/error"}]},
         "report": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/report"}]},
         "verification": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/verification"}]},
-    }
+    },
+    size_before={"type": ["integer", "null"], "minimum": 0},
+    size_after={"type": ["integer", "null"], "minimum": 0},
 )
 
 _HEADER = {
@@ -131,7 +141,9 @@ _BATCH = _object(
                 "folded": _COUNT,
                 "skipped": _COUNT,
                 "statuses": {"type": "object", "additionalProperties": _COUNT},
-            }
+            },
+            bn_folded=_COUNT,
+            counts=_COUNTS,
         ),
         "models": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/model"}},
     }

@@ -1,5 +1,8 @@
-"""The one output sink of the command line: JSON to stdout, everything for people to stderr.
+"""The one output sink of the command line. The report (tables, summaries, "wrote ...") is the
+program's output and goes to stdout; progress, warnings and errors go to stderr. With ``--json``
+stdout holds one JSON document and nothing else; ``-q`` drops the report but a failing verdict.
 
+Both streams are as wide as the terminal, or as COLUMNS says when piped (80 without it).
 Importing this module costs nothing beyond the standard library: rich is imported when
 something is printed, never for ``--help``.
 """
@@ -50,6 +53,18 @@ def table(title: str) -> Table:
     return Table(title=escape(title), title_justify="left")
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut in the middle to at most ``width`` characters (``abc…xyz``): both ends of a
+    node or file name say more than either alone."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = (width - 1 + 1) // 2
+    tail = width - 1 - head
+    return text[:head] + "\u2026" + (text[-tail:] if tail else "")
+
+
 def emit_json(doc: dict[str, Any]) -> None:
     """Write one JSON document to stdout (non-finite numbers are a bug: they must be null)."""
     sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
@@ -57,25 +72,55 @@ def emit_json(doc: dict[str, Any]) -> None:
 
 
 class Ui:
-    """Where a command's output goes, and how much of it: ``--json``, ``-q``, ``--debug``."""
+    """Where a command's output goes and how much of it: ``--json``, ``-q``, ``-v``, ``--debug``."""
 
-    def __init__(self, *, as_json: bool = False, quiet: bool = False, debug: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        as_json: bool = False,
+        quiet: bool = False,
+        debug: bool = False,
+        verbose: bool = False,
+    ) -> None:
         self.as_json = as_json
         self.quiet = quiet
         self.debug = debug
+        self.verbose = verbose
+        self._out: Console | None = None
         self._err: Console | None = None
+
+    @staticmethod
+    def _console(stderr: bool) -> Console:
+        from rich.console import Console
+
+        no_color = bool(os.environ.get("NO_COLOR"))
+        # an error or warning is one line however long (a log greps it whole); the report
+        # is folded to the width by ``say`` and by rich's tables
+        return Console(stderr=stderr, no_color=no_color, highlight=False, soft_wrap=stderr)
+
+    @property
+    def out(self) -> Console:
+        """The stdout console (the report), made on first use."""
+        if self._out is None:
+            self._out = self._console(stderr=False)
+        return self._out
 
     @property
     def err(self) -> Console:
-        """The stderr console, made on first use (a quiet run that succeeds never needs rich)."""
+        """The stderr console (progress, warnings, errors), made on first use."""
         if self._err is None:
-            from rich.console import Console
-
-            no_color = bool(os.environ.get("NO_COLOR"))
-            self._err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
-            if not self._err.is_terminal:
-                self._err.width = 160  # logs and pipes: do not squeeze tables to 80 columns
+            self._err = self._console(stderr=True)
         return self._err
+
+    @property
+    def width(self) -> int:
+        """Columns the report may use."""
+        return int(self.out.width)
+
+    @property
+    def reports(self) -> bool:
+        """Whether the report for people is printed at all (not with --json or -q)."""
+        return not (self.as_json or self.quiet)
 
     def status(self, text: str) -> Any:
         """A spinner on a terminal while something long runs (nothing when quiet or piped)."""
@@ -85,11 +130,12 @@ class Ui:
 
     @contextlib.contextmanager
     def progress(self, names: list[str], verb: str) -> Iterator[Callable[[int, str], None]]:
-        """Progress of a batch of ``names``; yields ``done(index, status)`` to call per model.
+        """Progress of a batch of ``names`` on stderr; yields ``done(index, status)`` to call
+        per model.
 
         On a terminal a bar shows ``n/m`` and the model being processed (the first unfinished
         one: models start in order); elsewhere each finished model is one plain line
-        ``[n/m] MODEL: STATUS`` on stderr, as it finishes. Nothing when quiet or for one model.
+        ``[n/m] MODEL: STATUS``, as it finishes. Nothing when quiet or for one model.
         """
         total = len(names)
         finished: set[int] = set()
@@ -111,7 +157,7 @@ class Ui:
         def label() -> str:
             current = next((i for i in range(total) if i not in finished), None)
             name = names[current] if current is not None else ""
-            return escape(f"{verb} {len(finished)}/{total} {name}")
+            return escape(shorten(f"{verb} {len(finished)}/{total} {name}", self.err.width - 50))
 
         with Progress(console=self.err, transient=True) as bar:
             task = bar.add_task(label(), total=total)
@@ -122,19 +168,36 @@ class Ui:
 
             yield advance
 
-    def say(self, text: str) -> None:
-        """Rich markup for people; dropped by ``-q``."""
-        if not self.quiet:
-            self.err.print(text)
+    def say(self, text: str, *, indent: int = 0) -> None:
+        """A line of the report (rich markup, already escaped), wrapped at word boundaries to
+        the width with ``indent`` spaces before each line; dropped by ``-q`` and ``--json``."""
+        if self.reports:
+            self._wrapped(text, indent)
 
     def tell(self, text: str) -> None:
-        """A line shown even with ``-q`` (a failing check): rich markup, already escaped."""
-        self.err.print(text)
+        """A verdict shown even with ``-q`` (a failing check): in the report, or on stderr with
+        ``--json`` (where stdout is the document's), so that a log still says why it failed."""
+        if self.as_json:
+            self.err.print(text)
+        else:
+            self._wrapped(text, 0)
+
+    def _wrapped(self, text: str, indent: int) -> None:
+        """Print ``text`` folded to the console's width, without trailing spaces (which rich's
+        own wrapping leaves): a log or a pipe gets lines no wider than COLUMNS."""
+        from rich.text import Text
+
+        console = self.out
+        lines = Text.from_markup(text).wrap(console, max(10, console.width - indent))
+        pad = " " * indent
+        for line in lines:
+            line.rstrip()
+            console.print(Text(pad) + line if pad else line, soft_wrap=True)
 
     def show(self, make: Callable[[], Any]) -> None:
-        """Print what ``make`` builds (a table), building it only when it will be shown."""
-        if not self.quiet:
-            self.err.print(make())
+        """Print what ``make`` builds (a table) in the report, building it only when shown."""
+        if self.reports:
+            self.out.print(make())
 
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/yellow] {escape(text)}")

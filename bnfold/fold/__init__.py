@@ -5,13 +5,11 @@
 - ``backward`` (into the layer before, else via ``forward`` into the layer after) and
   ``cleanup``: the passes, each returning a ``PassResult``;
 - ``driver``: runs the fold pass to a fixed point;
-- ``engine``: ``FoldEngine``, which runs the driver, then cleanup, and writes the report.
+- ``engine``: ``FoldEngine``, which runs the driver, then cleanup, and writes the report;
+- ``report``: what the fold decided (``FoldReport``), light enough for the CLI to import;
+- ``rules/``: one folding rule per file.
 
 Where a tensor's bytes are while folding (inline in the input, in its external data file, or a
 folded array bnfold holds until it writes) is decided in ``bnfold.model.wire`` and
 ``bnfold.model.writer``.
 """
-
-from bnfold.fold.engine import MAX_PASSES, FoldEngine, count_nodes
-
-__all__ = ["MAX_PASSES", "FoldEngine", "count_nodes"]

@@ -61,6 +61,8 @@ class FoldEngine:
                 decisions=tuple(decision for _, decision in ordered),
                 nodes_before=nodes_before,
                 nodes_after=count_nodes(self.model) if result.modified else nodes_before,
+                materialized_bytes=self.state.materialized_bytes,
+                copied_bytes=self.state.copied_bytes,
             )
         finally:
             if self.store is not None:

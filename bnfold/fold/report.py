@@ -6,12 +6,37 @@ Frozen dataclasses with ``to_dict()`` so the CLI can print them as JSON unchange
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from bnfold.model import proto
 
 Status = Literal["folded", "skipped"]
+
+#: What a decision is about, counted alike by fold, inspect, check and --json:
+#: a BatchNormalization; a scale Mul/Add (a per-channel Mul, or an Add that shifts what a BN or
+#: Mul made: a BatchNormalization written as Mul/Add); a bias Add (an Add of a constant right
+#: after a layer, which goes into the layer's bias; ``check`` does not fail on one).
+Kind = Literal["batchnorm", "scale", "bias"]
+KINDS: tuple[Kind, ...] = ("batchnorm", "scale", "bias")
+#: How people read each kind.
+KIND_NAMES: dict[Kind, str] = {
+    "batchnorm": "BatchNormalization",
+    "scale": "scale Mul/Add",
+    "bias": "bias Add",
+}
+
+
+@dataclass(frozen=True)
+class Tally:
+    """How many nodes of one kind there are, and how many of them fold."""
+
+    folded: int
+    total: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"folded": self.folded, "total": self.total}
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,10 @@ class FoldReport:
     decisions: tuple[BNDecision, ...]
     nodes_before: int
     nodes_after: int
+    #: bytes of folded weights that constant subgraphs computed at run time before (now stored
+    #: as initializers), and of folded copies of weights other layers share (kept for them)
+    materialized_bytes: int = 0
+    copied_bytes: int = 0
 
     @property
     def total(self) -> int:
@@ -90,16 +119,31 @@ class FoldReport:
     def changed(self) -> bool:
         return self.folded > 0
 
+    def kind(self, decision: BNDecision) -> Kind:
+        """BatchNormalization, scale Mul/Add or bias Add (see ``Kind``)."""
+        if decision.op == "BatchNormalization":
+            return "batchnorm"
+        if decision.op != "Add" or (decision.graph, decision.input) in self._normalized:
+            return "scale"
+        return "bias"
+
+    @cached_property
+    def _normalized(self) -> frozenset[tuple[str, str]]:
+        """(graph, value) of every value a BatchNormalization or scale Mul makes."""
+        return frozenset((d.graph, d.output) for d in self.decisions if d.op != "Add")
+
+    def tally(self) -> dict[Kind, Tally]:
+        """Folded and total per kind, every kind present (zero counts included)."""
+        counts = {k: [0, 0] for k in KINDS}
+        for d in self.decisions:
+            counts[self.kind(d)][0] += d.folded
+            counts[self.kind(d)][1] += 1
+        return {k: Tally(folded, total) for k, (folded, total) in counts.items()}
+
     def gated(self) -> tuple[BNDecision, ...]:
-        """The folded decisions ``check`` fails on: every BatchNormalization and scale Mul, and
-        an Add that shifts the output of one of them (Mul -> Add, BN -> Add), but not a lone bias
-        Add after a layer (MatMul + Add, as every Keras/TF export writes a Linear layer)."""
-        normalized = {(d.graph, d.output) for d in self.decisions if d.folded and d.op != "Add"}
-        return tuple(
-            d
-            for d in self.decisions
-            if d.folded and (d.op != "Add" or (d.graph, d.input) in normalized)
-        )
+        """The folded decisions ``check`` fails on: every BatchNormalization and scale Mul/Add,
+        not a bias Add after a layer (MatMul + Add, as every Keras/TF export writes a Linear)."""
+        return tuple(d for d in self.decisions if d.folded and self.kind(d) != "bias")
 
     def reasons(self) -> dict[str, int]:
         """Count of skipped BatchNormalizations per reason code."""
@@ -119,7 +163,10 @@ class FoldReport:
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
             "skip_reasons": self.reasons(),
-            "decisions": [d.to_dict() for d in self.decisions],
+            "counts": {k: t.to_dict() for k, t in self.tally().items()},
+            "materialized_bytes": self.materialized_bytes,
+            "copied_bytes": self.copied_bytes,
+            "decisions": [{**d.to_dict(), "kind": self.kind(d)} for d in self.decisions],
         }
 
 

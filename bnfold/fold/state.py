@@ -83,6 +83,9 @@ class FoldState:
         self.forward_rules: dict[str, ForwardRule] = rules_by_op(forward_rules)
         self.shapes = Shapes(model, store)
         self.released = Released()
+        #: bytes of new tensors a fold wrote in place of computed or shared values (the report's)
+        self.materialized_bytes = 0
+        self.copied_bytes = 0
         first = self.index()
         self.names = NameAllocator(first.all_names())
         #: where each node stood in the model as it came in, to report in graph order
@@ -173,6 +176,11 @@ class FoldState:
                     const.node.attribute.append(proto.make_attribute("value", tensor))
                 return
             self.released.constants[(const.scope.path, old)] = None
+            # a new tensor for a value that was computed (now stored), or shared (now copied)
+            if const.computed:
+                self.materialized_bytes += update.values.nbytes
+            else:
+                self.copied_bytes += update.values.nbytes
         name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
         if self.holds(scope):
             tensor = proto.TensorProto(name=name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bnfold.fold import FoldEngine
+from bnfold.fold.engine import FoldEngine
 from bnfold.fold.rules import (
     DEFAULT_RULES,
     FORWARD_RULES,

@@ -49,3 +49,20 @@ class Defer(Exception):
 
 def describe(node: proto.NodeProto) -> str:
     return f"{node.op_type} '{node.name}'" if node.name else f"{node.op_type} -> '{node.output[0]}'"
+
+
+#: What a user can do about a refusal, where something can be done (shown by ``bnfold`` beside
+#: each reason it reports, and listed in docs/reasons.md).
+HINTS: dict[Reason, str] = {
+    Reason.TRAINING_MODE: "export the model in inference mode (model.eval() before exporting)",
+    Reason.EXTRA_OUTPUTS: "export the model in inference mode (model.eval() before exporting)",
+    Reason.NON_CONSTANT_PARAM: "keep BN parameters out of the graph inputs "
+    "(torch.onnx.export(..., keep_initializers_as_inputs=False))",
+    Reason.NON_CONSTANT_WEIGHT: "keep the layer's weights out of the graph inputs "
+    "(torch.onnx.export(..., keep_initializers_as_inputs=False))",
+    Reason.UNKNOWN_RANK: "give the graph inputs static shapes, or run onnx shape inference on "
+    "the model first",
+    Reason.UNKNOWN_SHAPE: "give the graph inputs static shapes, or run onnx shape inference on "
+    "the model first",
+    Reason.NON_FINITE: "fold the float32 model, then convert it to float16",
+}
