@@ -4,13 +4,14 @@
   edits a fold makes (``FoldState``);
 - ``backward`` (into the layer before, else via ``forward`` into the layer after) and
   ``cleanup``: the passes, each returning a ``PassResult``;
-- ``driver``: runs the fold pass to a fixed point;
+- ``driver``: runs the fold pass to a fixed point (``engine.pass_limit``: how many passes a
+  model can need);
 - ``engine``: ``FoldEngine``, which runs the driver, then cleanup, and writes the report.
 
 Where a tensor's bytes are while folding (inline in the input, in its external data file, or a
 folded array bnfold holds until it writes) is decided in ``bnfold.wire`` and ``bnfold.writer``.
 """
 
-from bnfold.fold.engine import MAX_PASSES, FoldEngine, count_nodes
+from bnfold.fold.engine import FoldEngine, count_nodes, pass_limit
 
-__all__ = ["MAX_PASSES", "FoldEngine", "count_nodes"]
+__all__ = ["FoldEngine", "count_nodes", "pass_limit"]

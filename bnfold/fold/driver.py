@@ -38,6 +38,8 @@ class DriverResult:
     modified: bool
     iterations: int
     decisions: dict[NodeKey, BNDecision]
+    #: the last iteration changed nothing (False: stopped at ``max_iterations``)
+    converged: bool = True
 
 
 def fixed_point(passes: Sequence[FoldPass], max_iterations: int) -> DriverResult:
@@ -54,4 +56,4 @@ def fixed_point(passes: Sequence[FoldPass], max_iterations: int) -> DriverResult
         modified = modified or changed
         if not changed:
             return DriverResult(modified, iteration, decisions)
-    return DriverResult(modified, max_iterations, decisions)
+    return DriverResult(modified, max_iterations, decisions, converged=False)
