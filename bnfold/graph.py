@@ -332,17 +332,26 @@ class Scope:
             return False
         return self.uses(name) == 1 and list(node.input).count(name) == 1
 
-    def took_over(self, index: int, output: str, tensors: Sequence[TensorProto]) -> None:
+    def took_over(
+        self, index: int, output: str, made: Sequence[TensorProto | proto.NodeProto]
+    ) -> None:
         """Bring the snapshot up to date for node ``index`` after a fold rewrote it in place: it
         now writes ``output`` (the value of the node folded into it) and alone reads the new
-        initializers ``tensors``. So the next BN or scale layer of a chain sees the layer as
-        it is now and folds into it in the same pass. Nothing else is updated: the nodes the
-        fold deletes stay in the snapshot, marked changed, and whoever meets them waits for the
-        next pass."""
+        constants ``made`` (initializers, or Constant nodes of a function body, which the pass
+        inserts into the body when it ends: the snapshot lists them after the others). So the
+        next BN or scale layer of a chain sees the layer as it is now and folds into it in the
+        same pass. Nothing else is updated: the nodes the fold deletes stay in the snapshot,
+        marked changed, and whoever meets them waits for the next pass."""
         self.producer[output] = index
-        for tensor in tensors:
-            self.initializers[tensor.name] = tensor
-            self.consumers[tensor.name] = [index]
+        for const in made:
+            if isinstance(const, TensorProto):
+                name = const.name
+                self.initializers[name] = const
+            else:
+                name = const.output[0]
+                self.nodes.append(const)
+                self.producer[name] = len(self.nodes) - 1
+            self.consumers[name] = [index]
 
 
 class ModelIndex:

@@ -4,6 +4,8 @@ one pass where the snapshot can follow the layer, and no decision names a node t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,6 +14,7 @@ from onnx import TensorProto, helper
 
 from bnfold import fold_model
 from bnfold.fold import FoldEngine, engine, pass_limit
+from bnfold.fold.state import FoldState
 from tests.builders import bn_initializers, bn_node, count_ops, make_model, tensor, vinfo
 from tests.ortutil import assert_fold_matches
 
@@ -142,10 +145,13 @@ def function_chain(count: int) -> onnx.ModelProto:
 
 
 def test_chain_inside_a_function_folds_whole() -> None:
-    """A function body's new constants are Constant nodes the pass's snapshot does not see: the
-    chain folds one BN per pass there, and no cap stops it (was: 64)."""
+    """In a function body the new bias is a Constant node, inserted when the pass ends; the
+    snapshot lists it at once, so the chain folds in one pass there too (was: 64 folded)."""
     result = assert_fold_matches(function_chain(80), expect_folded=80)
     assert count_ops(result.model, "Conv") == 1
+    assert count_ops(result.model, "Constant") == 2  # the weight's and the new bias's
+    engine = FoldEngine(function_chain(300))
+    assert engine.run().folded == 300 and engine.passes == 2
 
 
 def test_one_pass_folds_a_chain_of_500() -> None:
@@ -187,6 +193,66 @@ def test_a_pass_that_never_settles_is_a_bug_not_a_silent_stop(
 ) -> None:
     """``pass_limit`` bounds the passes any model needs; were it wrong, the fold says so rather
     than stop with BNs left and decisions about nodes already gone."""
-    monkeypatch.setattr(engine, "pass_limit", lambda model: 3)
+    monkeypatch.setattr(engine, "pass_limit", lambda model: 1)
     with pytest.raises(RuntimeError, match="bnfold bug: the fold still changed the model"):
-        FoldEngine(function_chain(10)).run()
+        FoldEngine(conv_then_chain(3)).run()
+
+
+def shared_and_computed_weights() -> onnx.ModelProto:
+    """Two Convs share a weight (so folds write new names), a third's weight is computed
+    (Cast of a float64 constant) and its BN params come from Constant nodes; a MatMul becomes a
+    Gemm; every layer is followed by a chain of BNs and scale layers."""
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1"),
+        helper.make_node("Conv", ["x", "w"], ["c2"], name="conv2"),
+        helper.make_node("Cast", ["w64"], ["wc"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "wc"], ["c3"], name="conv3"),
+        helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "m"], ["q"], name="matmul"),
+    ]
+    inits = [
+        tensor("w", rng.normal(0, 0.4, (C, 3, 1, 1)).astype(np.float32)),
+        tensor("w64", rng.normal(0, 0.4, (C, 3, 1, 1))),
+        tensor("m", rng.normal(0, 0.4, (48, C)).astype(np.float32)),
+    ]
+    outs = []
+    for k, (start, rank) in enumerate([("c1", 4), ("c2", 4), ("c3", 4), ("q", 2)]):
+        chain, params, last = bn_chain(start, 12, rng, scales_every=5, rank=rank, prefix=f"{k}_")
+        if k == 2:
+            nodes += [helper.make_node("Constant", [], [t.name], value=t) for t in params]
+        else:
+            inits += params
+        nodes += chain
+        outs.append(vinfo(last, TensorProto.FLOAT, None))
+    return make_model(nodes, [vinfo("x", TensorProto.FLOAT, [1, 3, 4, 4])], outs, inits)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: conv_then_chain(30, scales_every=4),
+        lambda: function_chain(20),
+        shared_and_computed_weights,
+    ],
+)
+def test_one_pass_writes_the_bytes_of_one_fold_per_pass(
+    build: Callable[[], onnx.ModelProto], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folding a chain in one pass is only faster: the model written is the one folding a BN
+    per pass (the old way, kept here by never refreshing the snapshot) wrote, byte for byte."""
+    one_pass = fold_model(build())
+    report = one_pass.report
+    assert_fold_matches(build(), expect_folded=report.folded, bn_folded=report.bn_folded)
+    apply = FoldState.apply
+
+    def apply_then_forget(self: FoldState, *args: Any, **kwargs: Any) -> bool:
+        apply(self, *args, **kwargs)
+        return False
+
+    monkeypatch.setattr(FoldState, "apply", apply_then_forget)
+    engine = FoldEngine(build())
+    again = engine.run()
+    assert engine.passes > 3
+    assert again.to_dict() == report.to_dict()
+    assert engine.model.SerializeToString() == one_pass.model.SerializeToString()

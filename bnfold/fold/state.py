@@ -115,9 +115,9 @@ class FoldState:
         constant is ``params``) and the nodes between them.
 
         Returns True when ``scope``'s snapshot was brought up to date for the producer
-        (``Scope.took_over``: a layer of a graph, rewritten in place), so that the next BN or
-        scale layer of a chain may fold into it in this same pass, with the same arithmetic,
-        in the same order, as it would in the next one."""
+        (``Scope.took_over``: a layer rewritten in place), so that the next BN or scale layer
+        of a chain may fold into it in this same pass, with the same arithmetic, in the same
+        order, as it would in the next one."""
         producer = chain.producer
         position = scope.producer.get(producer.output[0])
         created = self.rewrite(scope, producer, plan, pending)
@@ -137,17 +137,17 @@ class FoldState:
         self.released.values[(scope.path, producer.output[0])] = None
         producer.output[0] = bn.output[0]
         pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
-        if position is None or scope.graph is None or plan.branches or plan.add_after is not None:
-            return False  # (a function body's new Constant nodes are not in the snapshot)
+        if position is None or plan.branches or plan.add_after is not None:
+            return False
         scope.took_over(position, bn.output[0], created)
         return True
 
     def rewrite(
         self, scope: Scope, layer: proto.NodeProto, plan: FoldPlan, pending: Pending
-    ) -> list[proto.TensorProto]:
+    ) -> list[proto.TensorProto | proto.NodeProto]:
         """Give ``layer`` the plan's new weights, op type and attributes; returns the
-        initializers it added to the graph (tensors it could not change in place)."""
-        created: list[proto.TensorProto] = []
+        constants it made (for tensors it could not change in place; see ``write_input``)."""
+        created: list[proto.TensorProto | proto.NodeProto] = []
         for update in plan.updates:
             tensor = self.write_input(scope, layer, update, pending)
             if tensor is not None:
@@ -164,10 +164,11 @@ class FoldState:
 
     def write_input(
         self, scope: Scope, node: proto.NodeProto, update: TensorUpdate, pending: Pending
-    ) -> proto.TensorProto | None:
+    ) -> proto.TensorProto | proto.NodeProto | None:
         """Put new values into input ``update.input_index``: in place when only ``node`` reads the
         old constant, otherwise under a new unique name (shared weights are never edited).
-        Returns the new initializer, as the graph holds it, when it made one."""
+        Returns the constant it made, if any: the new initializer as the graph holds it, or
+        the new Constant node of a function body (inserted when the pass ends)."""
         idx = update.input_index
         old = node.input[idx] if idx < len(node.input) else ""
         if old:
@@ -193,13 +194,13 @@ class FoldState:
         else:
             values = numerics.materialized(update.values)
             tensor = numerics.make_tensor(name, values, update.elem_type)
-        created: proto.TensorProto | None = None
+        created: proto.TensorProto | proto.NodeProto
         if scope.graph is not None:
             scope.graph.initializer.append(tensor)
             created = scope.graph.initializer[-1]  # (append copies the message)
         else:
-            const_node = proto.make_node("Constant", [], [name], name=name, value=tensor)
-            pending.inserts.setdefault(scope.path, []).append((node, const_node))
+            created = proto.make_node("Constant", [], [name], name=name, value=tensor)
+            pending.inserts.setdefault(scope.path, []).append((node, created))
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
