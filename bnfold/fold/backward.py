@@ -2,8 +2,11 @@
 Conv, ConvTranspose, Gemm or MatMul before it.
 
 Within a pass the index is a snapshot; a pattern that touches a node already changed in the pass
-is deferred to the next iteration. A BN this pass cannot fold for a reason that is not about the
-BN itself is handed, there and then, to ``ForwardFold``, which may fold it into the layer after it.
+is deferred to the next iteration, except the layer a BN or scale layer just folded into: the
+snapshot is brought up to date for it (``FoldState.apply``), so the rest of a chain Conv -> BN ->
+BN -> Mul ... folds into it in the same pass, one link after the other as before. A BN this pass
+cannot fold for a reason that is not about the BN itself is handed, there and then, to
+``ForwardFold``, which may fold it into the layer after it.
 """
 
 from __future__ import annotations

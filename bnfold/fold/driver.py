@@ -2,7 +2,8 @@
 
 After onnx-ir's PassManager/PassResult: passes run in order, repeatedly, until an iteration in
 which none of them changes anything (a BN that becomes foldable only after another fold, as in
-Conv -> BN -> BN, is folded in a later iteration).
+Concat -> BN after a Conv -> BN input, is folded in a later iteration; ``engine.pass_limit``
+bounds how many a model can need).
 """
 
 from __future__ import annotations
