@@ -4,7 +4,8 @@
   edits a fold makes (``FoldState``);
 - ``backward`` (into the layer before, else via ``forward`` into the layer after) and
   ``cleanup``: the passes, each returning a ``PassResult``;
-- ``driver``: runs the fold pass to a fixed point;
+- ``driver``: runs the fold pass to a fixed point (``engine.pass_limit``: how many passes a
+  model can need);
 - ``engine``: ``FoldEngine``, which runs the driver, then cleanup, and writes the report;
 - ``report``: what the fold decided (``FoldReport``), light enough for the CLI to import;
 - ``rules/``: one folding rule per file.

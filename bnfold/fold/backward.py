@@ -2,8 +2,11 @@
 Conv, ConvTranspose, Gemm or MatMul before it.
 
 Within a pass the index is a snapshot; a pattern that touches a node already changed in the pass
-is deferred to the next iteration. A BN this pass cannot fold for a reason that is not about the
-BN itself is handed, there and then, to ``ForwardFold``, which may fold it into the layer after it.
+is deferred to the next iteration, except the layer a BN or scale layer just folded into: the
+snapshot is brought up to date for it (``FoldState.apply``), so the rest of a chain Conv -> BN ->
+BN -> Mul ... folds into it in the same pass, one link after the other as before. A BN this pass
+cannot fold for a reason that is not about the BN itself is handed, there and then, to
+``ForwardFold``, which may fold it into the layer after it.
 """
 
 from __future__ import annotations
@@ -62,14 +65,19 @@ class BackwardFold:
     def _run(self, index: ModelIndex) -> PassResult:
         pending = Pending()
         dirty: set[int] = set()
+        # layers changed in this pass whose snapshot is up to date (``FoldState.apply``): the
+        # next BN or scale layer of a chain folds into them in this pass, nothing else does
+        refreshed: set[int] = set()
         decisions: dict[NodeKey, BNDecision] = {}
         for scope in index.scopes:
             for node in scope.nodes:
                 try:
                     if is_op(node, "BatchNormalization"):
-                        decision: BNDecision | None = self._consider(scope, node, dirty, pending)
+                        decision: BNDecision | None = self._consider(
+                            scope, node, dirty, refreshed, pending
+                        )
                     elif is_op(node, "Mul") or is_op(node, "Add"):
-                        decision = self._consider_scale(scope, node, dirty, pending)
+                        decision = self._consider_scale(scope, node, dirty, refreshed, pending)
                     else:
                         continue
                 except Defer:
@@ -80,13 +88,18 @@ class BackwardFold:
         return PassResult(any(d.folded for d in decisions.values()), decisions)
 
     def _consider(
-        self, scope: Scope, bn_node: proto.NodeProto, dirty: set[int], pending: Pending
+        self,
+        scope: Scope,
+        bn_node: proto.NodeProto,
+        dirty: set[int],
+        refreshed: set[int],
+        pending: Pending,
     ) -> BNDecision:
         state = self.state
         chain: Chain | None = None
         try:
             check_mode(scope, bn_node)
-            chain = walk_chain(scope, bn_node, tuple(state.rules), _is_dirty(dirty))
+            chain = _walk(scope, bn_node, tuple(state.rules), dirty, refreshed)
             if id(bn_node) in dirty:
                 raise Defer
             bn = read_batchnorm(scope, bn_node)
@@ -98,7 +111,8 @@ class BackwardFold:
             if skip.reason in BN_ITSELF:
                 return decision
             return self.forward.settle(scope, bn_node, decision, skip, dirty, pending)
-        state.apply(scope, bn_node, chain, plan, pending)
+        if state.apply(scope, bn_node, chain, plan, pending):
+            refreshed.add(id(chain.producer))
         dirty.update(id(n) for n in (bn_node, chain.producer, *chain.through))
         for branch, branch_plan in plan.branches:
             _apply_branch(state, scope, branch, branch_plan, pending)
@@ -121,7 +135,12 @@ class BackwardFold:
         )
 
     def _consider_scale(
-        self, scope: Scope, node: proto.NodeProto, dirty: set[int], pending: Pending
+        self,
+        scope: Scope,
+        node: proto.NodeProto,
+        dirty: set[int],
+        refreshed: set[int],
+        pending: Pending,
     ) -> BNDecision | None:
         """A Mul or Add by a per-channel constant right after a layer folds like a BN does.
 
@@ -143,7 +162,7 @@ class BackwardFold:
             return None
         chain: Chain | None = None
         try:
-            chain = walk_chain(scope, node, tuple(state.rules), _is_dirty(dirty), start=x)
+            chain = _walk(scope, node, tuple(state.rules), dirty, refreshed, start=x)
             if id(node) in dirty:
                 raise Defer
             rule = state.rules[chain.producer.op_type]
@@ -156,7 +175,8 @@ class BackwardFold:
             return decide(
                 scope, node, skip.reason, skip.message, layer=producer, chain=chain, data_input=x
             )
-        state.apply(scope, node, chain, plan, pending, params=scale.params)
+        if state.apply(scope, node, chain, plan, pending, params=scale.params):
+            refreshed.add(id(chain.producer))
         dirty.update(id(n) for n in (node, chain.producer, *chain.through))
         target = chain.producer.name or chain.producer.output[0]
         verb = "scale" if node.op_type == "Mul" else "shift"
@@ -207,6 +227,26 @@ def _layer_before(scope: Scope, name: str) -> proto.NodeProto | None:
                 continue
         return node
     return None
+
+
+def _walk(
+    scope: Scope,
+    node: proto.NodeProto,
+    producer_ops: tuple[str, ...],
+    dirty: set[int],
+    refreshed: set[int],
+    start: str | None = None,
+) -> Chain:
+    """``walk_chain`` from ``node``, which may end at a layer changed in this pass when the
+    snapshot is up to date for it (``refreshed``: a chain of BN/scale layers folds in one pass);
+    a rule that walks on from the producer (a Concat's, into its inputs) sees every change."""
+
+    def stale(found: proto.NodeProto) -> bool:
+        return id(found) in dirty and id(found) not in refreshed
+
+    chain = walk_chain(scope, node, producer_ops, stale, start=start)
+    chain.is_dirty = _is_dirty(dirty)
+    return chain
 
 
 def _is_dirty(dirty: set[int]) -> Callable[[proto.NodeProto], bool]:

@@ -2,7 +2,8 @@
 
 After onnx-ir's PassManager/PassResult: passes run in order, repeatedly, until an iteration in
 which none of them changes anything (a BN that becomes foldable only after another fold, as in
-Conv -> BN -> BN, is folded in a later iteration).
+Concat -> BN after a Conv -> BN input, is folded in a later iteration; ``engine.pass_limit``
+bounds how many a model can need).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class DriverResult:
     modified: bool
     iterations: int
     decisions: dict[NodeKey, BNDecision]
+    #: the last iteration changed nothing (False: stopped at ``max_iterations``)
+    converged: bool = True
 
 
 def fixed_point(passes: Sequence[FoldPass], max_iterations: int) -> DriverResult:
@@ -54,4 +57,4 @@ def fixed_point(passes: Sequence[FoldPass], max_iterations: int) -> DriverResult
         modified = modified or changed
         if not changed:
             return DriverResult(modified, iteration, decisions)
-    return DriverResult(modified, max_iterations, decisions)
+    return DriverResult(modified, max_iterations, decisions, converged=False)

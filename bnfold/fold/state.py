@@ -116,11 +116,17 @@ class FoldState:
         plan: FoldPlan,
         pending: Pending,
         params: Sequence[Constant] | None = None,
-    ) -> None:
+    ) -> bool:
         """Rewrite the producer with the plan and drop ``bn`` (a BN, or a scale Mul/Add whose
-        constant is ``params``) and the nodes between them."""
+        constant is ``params``) and the nodes between them.
+
+        Returns True when ``scope``'s snapshot was brought up to date for the producer
+        (``Scope.took_over``: a layer rewritten in place), so that the next BN or scale layer
+        of a chain may fold into it in this same pass, with the same arithmetic, in the same
+        order, as it would in the next one."""
         producer = chain.producer
-        self.rewrite(scope, producer, plan, pending)
+        position = scope.producer.get(producer.output[0])
+        created = self.rewrite(scope, producer, plan, pending)
         for const in chain.adds:
             self.released.constants[(const.scope.path, const.name)] = None
         if params is None:
@@ -137,13 +143,21 @@ class FoldState:
         self.released.values[(scope.path, producer.output[0])] = None
         producer.output[0] = bn.output[0]
         pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
+        if position is None or plan.branches or plan.add_after is not None:
+            return False
+        scope.took_over(position, bn.output[0], created)
+        return True
 
     def rewrite(
         self, scope: Scope, layer: proto.NodeProto, plan: FoldPlan, pending: Pending
-    ) -> None:
-        """Give ``layer`` the plan's new weights, op type and attributes."""
+    ) -> list[proto.TensorProto | proto.NodeProto]:
+        """Give ``layer`` the plan's new weights, op type and attributes; returns the
+        constants it made (for tensors it could not change in place; see ``write_input``)."""
+        created: list[proto.TensorProto | proto.NodeProto] = []
         for update in plan.updates:
-            self.write_input(scope, layer, update, pending)
+            tensor = self.write_input(scope, layer, update, pending)
+            if tensor is not None:
+                created.append(tensor)
         if self.store is not None:  # the weights it read are folded: let the OS have them back
             self.store.release_pages()
         if plan.op_type:
@@ -152,12 +166,15 @@ class FoldState:
             del_attr(layer, attr)
         for attr, value in plan.set_attrs.items():
             set_attr(layer, attr, value)
+        return created
 
     def write_input(
         self, scope: Scope, node: proto.NodeProto, update: TensorUpdate, pending: Pending
-    ) -> None:
+    ) -> proto.TensorProto | proto.NodeProto | None:
         """Put new values into input ``update.input_index``: in place when only ``node`` reads the
-        old constant, otherwise under a new unique name (shared weights are never edited)."""
+        old constant, otherwise under a new unique name (shared weights are never edited).
+        Returns the constant it made, if any: the new initializer as the graph holds it, or
+        the new Constant node of a function body (inserted when the pass ends)."""
         idx = update.input_index
         old = node.input[idx] if idx < len(node.input) else ""
         if old:
@@ -174,7 +191,7 @@ class FoldState:
                     tensor = proto.make_tensor(old, values, update.elem_type)
                     del const.node.attribute[:]
                     const.node.attribute.append(proto.make_attribute("value", tensor))
-                return
+                return None
             self.released.constants[(const.scope.path, old)] = None
             # a new tensor for a value that was computed (now stored), or shared (now copied)
             if const.computed:
@@ -188,14 +205,17 @@ class FoldState:
         else:
             values = numerics.materialized(update.values)
             tensor = proto.make_tensor(name, values, update.elem_type)
+        created: proto.TensorProto | proto.NodeProto
         if scope.graph is not None:
             scope.graph.initializer.append(tensor)
+            created = scope.graph.initializer[-1]  # (append copies the message)
         else:
-            const_node = proto.make_node("Constant", [], [name], name=name, value=tensor)
-            pending.inserts.setdefault(scope.path, []).append((node, const_node))
+            created = proto.make_node("Constant", [], [name], name=name, value=tensor)
+            pending.inserts.setdefault(scope.path, []).append((node, created))
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
+        return created
 
     def add_after(
         self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending

@@ -8,7 +8,7 @@ scopes: a node whose body reads an outer name consumes that name, as onnxruntime
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,27 @@ class Scope:
         if name in self.output_set or name in self.input_set:
             return False
         return self.uses(name) == 1 and list(node.input).count(name) == 1
+
+    def took_over(
+        self, index: int, output: str, made: Sequence[TensorProto | proto.NodeProto]
+    ) -> None:
+        """Bring the snapshot up to date for node ``index`` after a fold rewrote it in place: it
+        now writes ``output`` (the value of the node folded into it) and alone reads the new
+        constants ``made`` (initializers, or Constant nodes of a function body, which the pass
+        inserts into the body when it ends: the snapshot lists them after the others). So the
+        next BN or scale layer of a chain sees the layer as it is now and folds into it in the
+        same pass. Nothing else is updated: the nodes the fold deletes stay in the snapshot,
+        marked changed, and whoever meets them waits for the next pass."""
+        self.producer[output] = index
+        for const in made:
+            if isinstance(const, TensorProto):
+                name = const.name
+                self.initializers[name] = const
+            else:
+                name = const.output[0]
+                self.nodes.append(const)
+                self.producer[name] = len(self.nodes) - 1
+            self.consumers[name] = [index]
 
 
 class ModelIndex:
