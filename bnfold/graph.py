@@ -222,6 +222,11 @@ class Scope:
         self.free_names: set[str] = set()
         self._computed: dict[str, Constant | NotConstant | object] = {}
         self._depth = 0
+        #: a function body's inputs that every call of it binds to one constant (set by the fold
+        #: for a function it specialises per call, see ``bnfold.fold.calls``), and, for inputs
+        #: that are not, why: which call passes what
+        self.bindings: dict[str, Constant] = {}
+        self.unbound: dict[str, str] = {}
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -274,6 +279,12 @@ class Scope:
                     )
                 return Constant(name, scope, tensor=scope.initializers[name])
             if name in scope.input_set:
+                if scope.function is not None:
+                    bound = scope.bindings.get(name)
+                    if bound is not None:
+                        return bound
+                    if name in scope.unbound:
+                        raise NotConstant(scope.unbound[name])
                 what = "function input" if scope.function is not None else "graph input"
                 raise NotConstant(f"it is a {what}")
             scope = scope.parent
@@ -356,11 +367,8 @@ class ModelIndex:
             fopset = next(
                 (o.version for o in func.opset_import if o.domain in DEFAULT_DOMAINS), self.opset
             )
-            label = (
-                f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
-            )
             scope = Scope(
-                label,
+                function_label(func),
                 func.node,
                 graph=None,
                 function=func,
@@ -419,6 +427,7 @@ class ModelIndex:
         this they would wait for the cyclic garbage collector)."""
         for scope in self.scopes:
             scope._computed.clear()
+            scope.bindings = {}
 
     def all_names(self) -> set[str]:
         """Every value name used anywhere in the model (for picking new unique names)."""
@@ -432,6 +441,11 @@ class ModelIndex:
                 names.update(vi.name for vi in scope.graph.value_info)
         names.discard("")
         return names
+
+
+def function_label(func: proto.FunctionProto) -> str:
+    """The path of a function body's scope: ``function:domain.name``."""
+    return f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
 
 
 class NameAllocator:
