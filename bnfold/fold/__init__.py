@@ -4,8 +4,11 @@
   edits a fold makes (``FoldState``);
 - ``backward`` (into the layer before, else via ``forward`` into the layer after) and
   ``cleanup``: the passes, each returning a ``PassResult``;
+- ``calls``: model-local functions folded per call, with the constants their calls pass (a
+  copy per group of calls where those differ);
 - ``driver``: runs the fold pass to a fixed point;
-- ``engine``: ``FoldEngine``, which runs the driver, then cleanup, and writes the report.
+- ``engine``: ``FoldEngine``, which plans the function calls, runs the driver, settles the
+  calls, then cleanup, and writes the report.
 
 Where a tensor's bytes are while folding (inline in the input, in its external data file, or a
 folded array bnfold holds until it writes) is decided in ``bnfold.wire`` and ``bnfold.writer``.

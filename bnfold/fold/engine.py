@@ -49,14 +49,20 @@ class FoldEngine:
     def run(self) -> FoldReport:
         try:
             nodes_before = count_nodes(self.model)
+            self.state.plan_calls()
             fold = BackwardFold(self.state, ForwardFold(self.state))
             result = fixed_point([fold], MAX_PASSES)
+            decisions = result.decisions
+            if self.state.calls is not None:
+                decisions = self.state.calls.settle(
+                    self.model, decisions, self.state.released.constants
+                )
             if result.modified:
                 Cleanup(self.state)()
             # graph order (a Mul folded in a later pass is listed where it stood)
             positions = self.state.positions
             last = (len(positions), 0)
-            ordered = sorted(result.decisions.items(), key=lambda kv: positions.get(kv[0], last))
+            ordered = sorted(decisions.items(), key=lambda kv: positions.get(kv[0], last))
             return FoldReport(
                 decisions=tuple(decision for _, decision in ordered),
                 nodes_before=nodes_before,
