@@ -125,6 +125,7 @@ def test_two_calls_with_the_same_constants_share_the_folded_function() -> None:
 def test_two_calls_with_different_constants_get_a_copy_each() -> None:
     nodes = [call("x", "h", "c1", args("a")), call("h", "y", "c2", args("b"))]
     m = model(nodes, constants("a", 1) + constants("b", 2))
+    onnx.checker.check_model(m, full_check=True)  # so the folded model is checked too
     result = assert_fold_matches(m, expect_folded=2, bn_folded=1)  # one BN, folded in two copies
     out = result.model
     assert [f.name for f in out.functions] == ["ConvBN_bnfolded", "ConvBN_bnfolded_1"]
@@ -164,6 +165,7 @@ def test_mixed_calls_fold_only_the_constant_one() -> None:
     ]
     inputs = [X, vinfo("s_in", TensorProto.FLOAT, [C])]
     m = model(nodes, constants("a", 1) + constants("b", 2), inputs=inputs)
+    onnx.checker.check_model(m, full_check=True)
     result = assert_fold_matches(m, expect_folded=1, bn_folded=0)
     out = result.model
     assert function(out, "ConvBN") == m.functions[0]  # untouched

@@ -51,7 +51,7 @@ from bnfold.graph import (
 from bnfold.report import BNDecision
 
 #: Copies of functions bnfold makes at most in one model.
-MAX_COPIES = 256
+MAX_COPIES = 1024
 #: Bytes of function bodies it copies at most in one model.
 MAX_COPY_BYTES = 64 << 20
 #: Bytes of constants that more than one copy (or a copy and the function) fold each on their
@@ -119,8 +119,15 @@ def _where(path: str) -> str:
     return f"graph {path}"
 
 
-def _within(path: str, label: str) -> bool:
-    return path == label or path.startswith(label + "/")
+def _prefixes(path: str) -> list[str]:
+    """``path`` and every path it lies within: "a/b/c" -> ["a", "a/b", "a/b/c"]."""
+    cuts = [i for i, ch in enumerate(path) if ch == "/"]
+    return [path[:i] for i in cuts] + [path]
+
+
+def _root(path: str, labels: set[str] | dict[str, object]) -> str | None:
+    """The label among ``labels`` that ``path`` is (or lies within, the nearest), if any."""
+    return next((p for p in reversed(_prefixes(path)) if p in labels), None)
 
 
 def _has_batchnorm(scope: Scope) -> bool:
@@ -165,8 +172,10 @@ class CallPlan:
     """The groups of calls bnfold folds functions for, and what it says about the others."""
 
     def __init__(self, paths: set[str] | None = None) -> None:
-        #: the scope paths the model has (a copy's must be new)
+        #: the scope paths the model has, and the paths they lie within (a copy's must be new)
         self.paths = paths if paths is not None else set()
+        #: scope path -> (node output, where the node stood) of its nodes
+        self.positions_in: dict[str, list[tuple[str, tuple[int, int]]]] = {}
         self.groups: list[CallGroup] = []
         #: function scope path -> formal input -> why the function cannot be folded with a
         #: constant for it (the call that passes no constant, or why its constants are not used)
@@ -220,7 +229,9 @@ class CallPlan:
                 key = _call_key(node)
                 if key in candidates:
                     sites.setdefault(key, []).append((scope, node))
-        plan = cls(set(paths))
+        plan = cls({prefix for path in paths for prefix in _prefixes(path)})
+        for (path, out), where in positions.items():
+            plan.positions_in.setdefault(path, []).append((out, where))
         taken = set(names.taken) | {f.name for f in model.functions}
         taken |= {n.op_type for scope in index.scopes for n in scope.nodes}
         function_names = NameAllocator(taken)
@@ -309,7 +320,7 @@ class CallPlan:
         copy = proto.FunctionProto()
         copy.CopyFrom(func)
         copy.name = function_names.new(func.name + COPY_SUFFIX)
-        while any(_within(path, function_label(copy)) for path in self.paths):
+        while function_label(copy) in self.paths:
             copy.name = function_names.new(func.name + COPY_SUFFIX)
         own = _function_key(func)
         at = next(i for i, f in enumerate(model.functions) if _function_key(f) == own)
@@ -317,13 +328,13 @@ class CallPlan:
         made.append(copy.name)
         label = function_label(copy)
         self.paths.add(label)
-        inside = [  # at most MAX_COPIES times over the model's nodes
-            ((path[len(scope.path) :], out), where)
-            for (path, out), where in positions.items()
-            if _within(path, scope.path)
-        ]
-        for (rest, out), where in inside:
-            positions[(label + rest, out)] = where
+        todo = [scope]
+        while todo:  # the function body and the graphs in it
+            inner = todo.pop()
+            todo.extend(inner.children)
+            rest = inner.path[len(scope.path) :]
+            for out, where in self.positions_in.get(inner.path, ()):
+                positions[(label + rest, out)] = where
         return label, copy.name
 
     def _refusal(self, site: _Site, copyable: bool, body_bytes: int) -> str:
@@ -500,12 +511,16 @@ class CallPlan:
         about what remains, each saying which calls it was folded for."""
         index = ModelIndex(model)
         scopes = {s.path: s for s in index.scopes}
+        labels = {g.function for g in self.groups} | {g.origin for g in self.groups}
+        within: dict[str, list[tuple[NodeKey, BNDecision]]] = {}  # function -> its decisions
+        for key, d in decisions.items():
+            root = _root(key[0], labels)
+            if root is not None:
+                within.setdefault(root, []).append((key, d))
 
         def folded(label: str) -> set[tuple[str, str]]:
             return {
-                (path[len(label) :], out)
-                for (path, out), d in decisions.items()
-                if d.folded and _within(path, label)
+                (path[len(label) :], out) for (path, out), d in within.get(label, ()) if d.folded
             }
 
         adopted: list[CallGroup] = []
@@ -536,7 +551,7 @@ class CallPlan:
             if group.copy and group.origin_key not in called and group.origin not in gone:
                 _remove_function(model, group.origin_key)
                 gone.append(group.origin)
-        return self._decisions(decisions, adopted, dropped, gone)
+        return self._decisions(decisions, within, adopted, dropped, gone)
 
     @staticmethod
     def _drop_inputs(
@@ -574,6 +589,7 @@ class CallPlan:
     def _decisions(
         self,
         decisions: dict[NodeKey, BNDecision],
+        within: dict[str, list[tuple[NodeKey, BNDecision]]],
         adopted: list[CallGroup],
         dropped: list[CallGroup],
         gone: list[str],
@@ -586,8 +602,8 @@ class CallPlan:
         for group in dropped:
             if group.origin in gone or group.origin in self.notes:
                 continue
-            for (path, output), d in decisions.items():
-                if not _within(path, group.function) or d.folded:
+            for (path, output), d in within.get(group.function, ()):
+                if d.folded:
                     continue
                 key = (group.origin + path[len(group.function) :], output)
                 mine = out.get(key)
@@ -601,13 +617,14 @@ class CallPlan:
                     )
                     out[key] = replace(d, graph=key[0], message=message)
         for group in adopted:
-            for key, d in decisions.items():
-                if d.folded and _within(key[0], group.function):
+            for key, d in within.get(group.function, ()):
+                if d.folded:
                     where = f"with {_for(group)}"
                     if group.copy:
                         where = f"in {group.name}, a copy of the function for {_for(group)}"
                     out[key] = replace(d, message=f"{d.message} ({where})")
-        return {key: d for key, d in out.items() if not any(_within(key[0], g) for g in gone)}
+        removed = set(gone)
+        return {key: d for key, d in out.items() if _root(key[0], removed) is None}
 
 
 def _for(group: CallGroup) -> str:
