@@ -89,6 +89,24 @@ def non_constant_param_computed() -> onnx.ModelProto:
     return base([relu, conv(), bn], inputs=[X, vinfo("s_in", TensorProto.FLOAT, [C])])
 
 
+def non_constant_param_function_call() -> onnx.ModelProto:
+    """Inside a function the parameters are its inputs; its only call passes a graph input for
+    the scale (the message names the function and the call)."""
+    body = [conv(), bn_node("c", "y", "bn")]
+    formals = ["x", "w", "bn_scale", "bn_B", "bn_mean", "bn_var"]
+    fn = helper.make_function(
+        "local", "ConvBN", formals, ["y"], body, [helper.make_opsetid("", 17)]
+    )
+    arguments = ["x", "w", "s_in", "bn_B", "bn_mean", "bn_var"]
+    call = helper.make_node("ConvBN", arguments, ["y"], domain="local", name="call")
+    return base(
+        [call],
+        inputs=[X, vinfo("s_in", TensorProto.FLOAT, [C])],
+        functions=[fn],
+        extra_opsets=[("local", 1)],
+    )
+
+
 def non_constant_weight() -> onnx.ModelProto:
     return base(
         [conv(), bn_node("c", "y", "bn")],
@@ -187,6 +205,10 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "graph_output": (graph_output, Reason.GRAPH_OUTPUT),
     "non_constant_param": (non_constant_param, Reason.NON_CONSTANT_PARAM),
     "non_constant_param_computed": (non_constant_param_computed, Reason.NON_CONSTANT_PARAM),
+    "non_constant_param_function_call": (
+        non_constant_param_function_call,
+        Reason.NON_CONSTANT_PARAM,
+    ),
     "non_constant_weight": (non_constant_weight, Reason.NON_CONSTANT_WEIGHT),
     "function_attribute": (function_attribute, Reason.FUNCTION_ATTRIBUTE),
     "shape_mismatch": (shape_mismatch, Reason.SHAPE_MISMATCH),

@@ -10,7 +10,8 @@ from bnfold.fold.cleanup import Cleanup
 from bnfold.fold.driver import fixed_point
 from bnfold.fold.forward import ForwardFold
 from bnfold.fold.report import FoldReport
-from bnfold.fold.rules import DEFAULT_RULES, FORWARD_RULES, FoldRule, ForwardRule
+from bnfold.fold.rules import DEFAULT_RULES, FORWARD_RULES
+from bnfold.fold.rules.base import FoldRule, ForwardRule
 from bnfold.fold.state import FoldState
 from bnfold.model import proto
 from bnfold.model.graph import ModelIndex, is_op
@@ -65,6 +66,7 @@ class FoldEngine:
     def run(self) -> FoldReport:
         try:
             nodes_before = count_nodes(self.model)
+            self.state.plan_calls()
             fold = BackwardFold(self.state, ForwardFold(self.state))
             limit = pass_limit(self.model)
             result = fixed_point([fold], limit)
@@ -73,12 +75,17 @@ class FoldEngine:
                     f"bnfold bug: the fold still changed the model after {limit} passes"
                 )
             self.passes = result.iterations
+            decisions = result.decisions
+            if self.state.calls is not None:
+                decisions = self.state.calls.settle(
+                    self.model, decisions, self.state.released.constants
+                )
             if result.modified:
                 Cleanup(self.state)()
             # graph order (a Mul folded in a later pass is listed where it stood)
             positions = self.state.positions
             last = (len(positions), 0)
-            ordered = sorted(result.decisions.items(), key=lambda kv: positions.get(kv[0], last))
+            ordered = sorted(decisions.items(), key=lambda kv: positions.get(kv[0], last))
             return FoldReport(
                 decisions=tuple(decision for _, decision in ordered),
                 nodes_before=nodes_before,

@@ -12,9 +12,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from bnfold.fold.calls import Bound, CallPlan
 from bnfold.fold.driver import NodeKey
-from bnfold.fold.rules import FoldRule, ForwardRule
-from bnfold.fold.rules.base import rules_by_op
+from bnfold.fold.rules.base import FoldRule, ForwardRule, rules_by_op
 from bnfold.fold.rules.chain import Chain
 from bnfold.fold.rules.plan import FoldPlan, TensorUpdate
 from bnfold.fold.shapes import Shapes
@@ -86,6 +86,10 @@ class FoldState:
         #: bytes of new tensors a fold wrote in place of computed or shared values (the report's)
         self.materialized_bytes = 0
         self.copied_bytes = 0
+        #: calls of model-local functions folded with the constants they pass (``plan_calls``),
+        #: and, in the current index, the function bodies bound to them
+        self.calls: CallPlan | None = None
+        self.bound: dict[str, Bound] = {}
         first = self.index()
         self.names = NameAllocator(first.all_names())
         #: where each node stood in the model as it came in, to report in graph order
@@ -96,8 +100,23 @@ class FoldState:
         }
 
     def index(self) -> ModelIndex:
-        """A fresh use-def snapshot of the model as it is now."""
-        return ModelIndex(self.model, self.base_dir, self.store, self.budget)
+        """A fresh use-def snapshot of the model as it is now (function inputs bound to the
+        constants their calls pass, where ``plan_calls`` found such calls)."""
+        index = ModelIndex(self.model, self.base_dir, self.store, self.budget)
+        self.bound = self.calls.attach(index) if self.calls is not None else {}
+        return index
+
+    def plan_calls(self) -> None:
+        """Group the calls of the model-local functions that have a BatchNormalization by the
+        constants they pass, copying a function per group where they differ (see
+        ``bnfold.fold.calls``); the passes then fold each with its constants."""
+        if not self.model.functions:
+            return
+        index = self.index()
+        try:
+            self.calls = CallPlan.make(self.model, index, self.names, self.positions)
+        finally:
+            index.release()
 
     # RuleContext
     def rank(self, scope: Scope, name: str) -> int | None:
@@ -145,6 +164,8 @@ class FoldState:
         pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
         if position is None or plan.branches or plan.add_after is not None:
             return False
+        if scope.function is not None and scope.path in self.bound:
+            return False  # its new tensors live beside the calls, passed in: next pass
         scope.took_over(position, bn.output[0], created)
         return True
 
@@ -179,8 +200,8 @@ class FoldState:
         old = node.input[idx] if idx < len(node.input) else ""
         if old:
             const = scope.constant(old)
-            if scope.is_exclusive(const, node):
-                if const.tensor is not None and const.node is None and self.holds(scope):
+            if scope.is_exclusive(const, node) or self._threaded_for(scope, const, node):
+                if const.tensor is not None and const.node is None and self.holds(const.scope):
                     self.hold(const.tensor, update)
                 elif const.tensor is not None and const.node is None:
                     values = numerics.materialized(update.values)
@@ -192,30 +213,50 @@ class FoldState:
                     del const.node.attribute[:]
                     const.node.attribute.append(proto.make_attribute("value", tensor))
                 return None
-            self.released.constants[(const.scope.path, old)] = None
+            self.released.constants[(const.scope.path, const.name)] = None
             # a new tensor for a value that was computed (now stored), or shared (now copied)
             if const.computed:
                 self.materialized_bytes += update.values.nbytes
             else:
                 self.copied_bytes += update.values.nbytes
         name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
-        if self.holds(scope):
+        # in a function folded for the constants its calls pass, the new tensor goes beside the
+        # calls, which pass it in as a new input
+        bound = self.bound.get(scope.path) if scope.function is not None else None
+        home = bound.caller if bound is not None else scope
+        if self.holds(home):
             tensor = proto.TensorProto(name=name)
             self.hold(tensor, update)
         else:
             values = numerics.materialized(update.values)
             tensor = proto.make_tensor(name, values, update.elem_type)
         created: proto.TensorProto | proto.NodeProto
-        if scope.graph is not None:
-            scope.graph.initializer.append(tensor)
-            created = scope.graph.initializer[-1]  # (append copies the message)
+        if home.graph is not None:
+            home.graph.initializer.append(tensor)
+            created = home.graph.initializer[-1]  # (append copies the message)
         else:
             created = proto.make_node("Constant", [], [name], name=name, value=tensor)
-            pending.inserts.setdefault(scope.path, []).append((node, created))
+            before = node if bound is None else bound.calls[0]
+            pending.inserts.setdefault(home.path, []).append((before, created))
+        if bound is not None:
+            CallPlan.thread(bound, scope, name)
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
         return created
+
+    def _threaded_for(self, scope: Scope, const: Constant, node: proto.NodeProto) -> bool:
+        """True when ``const`` is a tensor an earlier fold made beside the calls of this function
+        body and passed in (see ``bnfold.fold.calls``), and ``node`` alone reads it there: like
+        an exclusive constant, it may change in place."""
+        bound = self.bound.get(scope.path) if scope.function is not None else None
+        return (
+            bound is not None
+            and const.name in bound.group.threaded
+            and not const.computed
+            and scope.uses(const.name) == 1
+            and list(node.input).count(const.name) == 1
+        )
 
     def add_after(
         self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending

@@ -224,6 +224,11 @@ class Scope:
         self.free_names: set[str] = set()
         self._computed: dict[str, Constant | NotConstant | object] = {}
         self._depth = 0
+        #: a function body's inputs that every call of it binds to one constant (set by the fold
+        #: for a function it specialises per call, see ``bnfold.fold.calls``), and, for inputs
+        #: that are not, why: which call passes what
+        self.bindings: dict[str, Constant] = {}
+        self.unbound: dict[str, str] = {}
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -276,6 +281,12 @@ class Scope:
                     )
                 return Constant(name, scope, tensor=scope.initializers[name])
             if name in scope.input_set:
+                if scope.function is not None:
+                    bound = scope.bindings.get(name)
+                    if bound is not None:
+                        return bound
+                    if name in scope.unbound:
+                        raise NotConstant(scope.unbound[name])
                 what = "function input" if scope.function is not None else "graph input"
                 raise NotConstant(f"it is a {what}")
             scope = scope.parent
@@ -379,11 +390,8 @@ class ModelIndex:
             fopset = next(
                 (o.version for o in func.opset_import if o.domain in DEFAULT_DOMAINS), self.opset
             )
-            label = (
-                f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
-            )
             scope = Scope(
-                label,
+                function_label(func),
                 func.node,
                 graph=None,
                 function=func,
@@ -442,6 +450,7 @@ class ModelIndex:
         this they would wait for the cyclic garbage collector)."""
         for scope in self.scopes:
             scope._computed.clear()
+            scope.bindings = {}
 
     def all_names(self) -> set[str]:
         """Every value name used anywhere in the model (for picking new unique names)."""
@@ -457,18 +466,28 @@ class ModelIndex:
         return names
 
 
+def function_label(func: proto.FunctionProto) -> str:
+    """The path of a function body's scope: ``function:domain.name``."""
+    return f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
+
+
 class NameAllocator:
     """Hands out names unique across the whole model, subgraphs and functions included."""
 
     def __init__(self, taken: set[str]) -> None:
         self.taken = taken
+        #: per base, the suffix to try first: names are only ever added to ``taken``, so the
+        #: ones below it are still taken (the same names as counting from 1, without the walk)
+        self._next: dict[str, int] = {}
 
     def new(self, base: str) -> str:
-        name, k = base, 0
+        k = self._next.get(base, 0)
+        name = base if k == 0 else f"{base}_{k}"
         while name in self.taken:
             k += 1
             name = f"{base}_{k}"
         self.taken.add(name)
+        self._next[base] = k + 1
         return name
 
 
