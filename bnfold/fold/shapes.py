@@ -55,7 +55,7 @@ class Shapes:
     def _infer(self) -> dict[tuple[str, str], Shape]:
         light = weightless_copy(self.model, self.store, declared=False)
         try:
-            inferred = proto.full_onnx().shape_inference.infer_shapes(light, strict_mode=False)
+            inferred = proto.infer_shapes(light)
         except Exception as exc:  # shape inference is best effort; the BN is skipped, with why
             self.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
             return {}
@@ -146,11 +146,7 @@ def weightless_copy(
             or len(t.float_data) > 1024
         ):
             if t.name not in names:
-                dst.input.append(
-                    proto.full_onnx().helper.make_tensor_value_info(
-                        t.name, t.data_type, list(t.dims)
-                    )
-                )
+                dst.input.append(proto.tensor_value_info(t.name, t.data_type, t.dims))
         else:
             dst.initializer.append(t)
     dst.node.extend(src.node)
