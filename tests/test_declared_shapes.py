@@ -306,3 +306,31 @@ def test_same_name_in_sibling_branches() -> None:
     (decision,) = result.report.decisions
     assert decision.reason == "not_per_channel" and "rank-3" in decision.message
     assert result.model.SerializeToString() == model.SerializeToString()
+
+
+def test_custom_op_output_keeps_its_declared_shape() -> None:
+    """A custom op's output shape can only be declared: inference carries it on to the Gemm
+    after it, so Gemm -> Reshape -> BN still folds (as it did when declarations were trusted)."""
+    nodes = [
+        helper.make_node("Op", ["a"], ["c"], name="custom", domain="custom"),
+        helper.make_node("Gemm", ["c", "w"], ["m"], name="fc"),
+        helper.make_node("Reshape", ["m", "target"], ["r"], name="reshape"),
+        bn_node("r", "y", "bn"),
+    ]
+    inits = [
+        tensor("w", RNG.normal(0, 0.5, (16, 5)).astype(np.float32)),
+        tensor("target", np.array([0, 5, 1, 1], dtype=np.int64)),
+        *bn_initializers("bn", bn_stats(RNG, 5)),
+    ]
+    model = make_model(
+        nodes,
+        [vinfo("a", TensorProto.FLOAT, [3, 16])],
+        [vinfo("y", TensorProto.FLOAT, [3, 5, 1, 1])],
+        inits,
+        value_info=[vinfo("c", TensorProto.FLOAT, [3, 16])],
+        extra_opsets=[("custom", 1)],
+    )
+    result = fold_model(model)
+    (decision,) = result.report.decisions
+    assert decision.reason == "folded", decision.message
+    assert "through Reshape 'reshape' (its columns are the channels)" in decision.message

@@ -126,7 +126,8 @@ def weightless_copy(
 ) -> proto.ModelProto:
     """The model with large initializers turned into typed inputs: cheap to shape-infer.
     Without ``declared``, also without the shapes the model only claims (value_info, graph
-    outputs, body inputs and outputs): inference then computes them from the graph alone."""
+    outputs, body inputs and outputs): inference then computes them from the graph alone, except
+    for what it cannot compute at all (the outputs of ops it has no schema for)."""
     light = proto.ModelProto()
     light.ir_version = max(model.ir_version, 4)
     light.opset_import.extend(model.opset_import)
@@ -135,8 +136,7 @@ def weightless_copy(
     dst.name = src.name
     dst.input.extend(src.input)
     dst.output.extend(src.output)
-    if declared:
-        dst.value_info.extend(src.value_info)
+    dst.value_info.extend(src.value_info)
     names = {vi.name for vi in src.input}
     for t in src.initializer:
         if (
@@ -151,19 +151,35 @@ def weightless_copy(
             dst.initializer.append(t)
     dst.node.extend(src.node)
     if not declared:
-        _drop_claims(dst, main=True)
+        local = {(f.domain, f.name) for f in model.functions}
+        _drop_claims(dst, local, main=True)
     return light
 
 
-def _drop_claims(graph: proto.GraphProto, *, main: bool) -> None:
-    """Remove the declared shapes of ``graph`` and its bodies (not the main graph's inputs)."""
+#: Domains whose ops onnx shape inference knows (the rest are custom ops: onnxruntime's
+#: com.microsoft, a converter's own).
+INFERRED_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
+
+
+def _drop_claims(graph: proto.GraphProto, local: set[tuple[str, str]], *, main: bool) -> None:
+    """Remove the declared shapes of ``graph`` and its bodies (not the main graph's inputs),
+    except those of custom ops' outputs: there the declared shape is all there is, and
+    inference carries it on to the nodes after them."""
+    custom = {
+        out
+        for node in graph.node
+        if node.domain not in INFERRED_DOMAINS and (node.domain, node.op_type) not in local
+        for out in node.output
+    }
+    kept = [vi for vi in graph.value_info if vi.name in custom]
     del graph.value_info[:]
+    graph.value_info.extend(kept)
     for vi in (*graph.output, *(() if main else graph.input)):
-        if vi.type.HasField("tensor_type"):
+        if vi.type.HasField("tensor_type") and vi.name not in custom:
             vi.type.tensor_type.ClearField("shape")
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == proto.AttributeProto.GRAPH:
-                _drop_claims(attr.g, main=False)
+                _drop_claims(attr.g, local, main=False)
             for body in attr.graphs:
-                _drop_claims(body, main=False)
+                _drop_claims(body, local, main=False)
