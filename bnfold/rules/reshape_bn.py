@@ -117,6 +117,15 @@ class ReshapeBN(IntoLayersRule):
         piece = replace(bn, x=name, mean=mean)
         through = f" through {_ops(moves)} (its columns are the channels)"
         if group > 1:
+            # the shapes may be declared ones (all there is): never repeat the parameters past
+            # the columns the layer's weight can have
+            b = weight(scope, layer, 1, "B")
+            if bn.channels * group > max(b.shape, default=1):
+                raise Skip(
+                    Reason.SHAPE_MISMATCH,
+                    f"it has {bn.channels} channels of {group} columns each, more than the B "
+                    f"{list(b.shape)} of {describe(layer)} has columns",
+                )
             # channel c is columns group*c .. group*c + group - 1: a BN over the columns with
             # each channel's parameters repeated ``group`` times
             piece = replace(
