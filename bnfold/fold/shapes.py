@@ -7,11 +7,13 @@ decided on a wrong one writes a wrong model (caught by verification, but not und
 The shapes therefore come from onnx shape inference on a copy of the model without those
 declarations and without its large weights (typed inputs of their real dims): initializer dims,
 constant Reshape targets, the main graph's input shapes (onnxruntime enforces them) and the ops'
-semantics. A declared shape only fills in what inference leaves unknown; when it contradicts what
-inference computed, the rule's BN is skipped (``declared_shape_conflict``): bnfold cannot tell
-which of the two is wrong.
+semantics. Only a custom op's outputs keep their declared shapes there: inference cannot compute
+them, so the declaration is all there is. A declared shape only fills in what inference leaves
+unknown; when it contradicts what inference computed, the rule's BN is skipped
+(``declared_shape_conflict``): bnfold cannot tell which of the two is wrong.
 
-Shape inference runs at most once per fold, on first use, and costs graph size, not weight size.
+Shape inference runs at most once per fold, on first use, and costs graph size, not weight size
+(nor ``import onnx``: see ``proto.infer_shapes``).
 Shapes are kept per graph: sibling If branches may reuse a name for values of different shapes.
 """
 
@@ -53,7 +55,7 @@ class Shapes:
         return _reconcile(name, value_shape(scope, name), self._inferred.get((home.path, name)))
 
     def _infer(self) -> dict[tuple[str, str], Shape]:
-        light = weightless_copy(self.model, self.store, declared=False)
+        light = weightless_copy(self.model, self.store)
         try:
             inferred = proto.infer_shapes(light)
         except Exception as exc:  # shape inference is best effort; the BN is skipped, with why
@@ -121,13 +123,11 @@ def _reconcile(name: str, declared: Shape | None, inferred: Shape | None) -> Sha
     return tuple(i if i is not None else d for d, i in zip(declared, inferred, strict=True))
 
 
-def weightless_copy(
-    model: proto.ModelProto, store: TensorStore | None = None, *, declared: bool = True
-) -> proto.ModelProto:
-    """The model with large initializers turned into typed inputs: cheap to shape-infer.
-    Without ``declared``, also without the shapes the model only claims (value_info, graph
-    outputs, body inputs and outputs): inference then computes them from the graph alone, except
-    for what it cannot compute at all (the outputs of ops it has no schema for)."""
+def weightless_copy(model: proto.ModelProto, store: TensorStore | None = None) -> proto.ModelProto:
+    """The model with large initializers turned into typed inputs (cheap to shape-infer) and
+    without the shapes it only claims (value_info, graph outputs, body inputs and outputs):
+    inference computes them from the graph alone, except what it cannot compute at all (the
+    outputs of ops it has no schema for)."""
     light = proto.ModelProto()
     light.ir_version = max(model.ir_version, 4)
     light.opset_import.extend(model.opset_import)
@@ -150,9 +150,7 @@ def weightless_copy(
         else:
             dst.initializer.append(t)
     dst.node.extend(src.node)
-    if not declared:
-        local = {(f.domain, f.name) for f in model.functions}
-        _drop_claims(dst, local, main=True)
+    _drop_claims(dst, {(f.domain, f.name) for f in model.functions}, main=True)
     return light
 
 
