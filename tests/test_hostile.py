@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from bnfold.cli import app
+from bnfold.cli.app import app
 from tests.builders import bn_initializers, bn_node, bn_params, make_model, tensor, vinfo
 
 runner = CliRunner()
@@ -579,3 +579,37 @@ def test_graphs_that_cannot_work_are_exit_3(tmp_path: Path, case: str) -> None:
         code, _, err = invoke(command, str(path))
         assert_one_line_error(code, err, 3, "damaged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_declared_shapes_cannot_make_a_split_allocate(tmp_path: Path) -> None:
+    """A custom op hides the Gemm's input shape, so the shapes after it are all declared; they
+    claim 2^40 columns split in 2 channels. Repeating the BN's parameters per column would
+    allocate 8 TiB: the columns are bounded by the Gemm's weight instead (shape_mismatch)."""
+    rng = np.random.default_rng(0)
+    k = 2**40
+    nodes = [
+        helper.make_node("Op", ["a"], ["c"], name="custom", domain="custom"),
+        helper.make_node("Gemm", ["c", "w"], ["m"], name="fc"),
+        helper.make_node("Reshape", ["m", "target"], ["r"], name="reshape"),
+        bn_node("r", "y", "bn"),
+    ]
+    inits = [
+        tensor("w", rng.normal(0, 0.5, (16, 128)).astype(np.float32)),
+        tensor("target", np.array([0, 2, k // 2], dtype=np.int64)),
+        *bn_initializers("bn", bn_params(rng, 2)),
+    ]
+    lies = [vinfo("m", TensorProto.FLOAT, [3, k]), vinfo("r", TensorProto.FLOAT, [3, 2, k // 2])]
+    model = make_model(
+        nodes,
+        [vinfo("a", TensorProto.FLOAT, [3, 16])],
+        [vinfo("y", TensorProto.FLOAT, None)],
+        inits,
+        value_info=lies,
+        extra_opsets=[("custom", 1)],
+    )
+    onnx.save(model, tmp_path / "m.onnx")
+    code, out, err = invoke(str(tmp_path / "m.onnx"), "--no-verify", "--json")
+    assert code == 0, err
+    (decision,) = json.loads(out)["models"][0]["report"]["decisions"]
+    assert decision["reason"] == "shape_mismatch"
+    assert "more than the B [16, 128] of Gemm 'fc' has columns" in decision["message"]

@@ -124,3 +124,49 @@ def test_verifying_two_files_does_not_import_the_onnx_package(tmp_path: Path) ->
         cwd=Path(__file__).resolve().parents[1],
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_shape_inference_does_not_import_the_onnx_package(tmp_path: Path) -> None:
+    """A fold that needs shapes (MatMul -> Reshape -> BN) runs onnx's shape inference through its
+    C++ extension alone: milliseconds, not the second ``import onnx`` costs. A later
+    ``import onnx`` then uses that very extension (as it does the messages) and works."""
+    from tests.rules.test_reshape_bn import chain
+
+    onnx.save(chain(["N", 16], [("Reshape", [0, 8, 4, 4])], 8, k=16, cols=128), tmp_path / "m.onnx")
+    code = (
+        "import sys\n"
+        "from bnfold.api import fold_file\n"
+        f"r = fold_file({str(tmp_path / 'm.onnx')!r}, {str(tmp_path / 'o.onnx')!r}, verify=None)\n"
+        "assert r.report.bn_folded == 1, r.report\n"
+        "assert 'onnx.onnx_cpp2py_export' in sys.modules  # shape inference ran\n"
+        "loaded = sorted(m for m in ('onnx', 'ml_dtypes', 'onnxruntime') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "extension = sys.modules['onnx.onnx_cpp2py_export']\n"
+        "import onnx\n"
+        "assert sys.modules['onnx.onnx_cpp2py_export'] is extension\n"
+        f"m = onnx.shape_inference.infer_shapes(onnx.load({str(tmp_path / 'o.onnx')!r}))\n"
+        "onnx.checker.check_model(m, full_check=True)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr
+
+
+def test_infer_shapes_and_tensor_value_info_match_onnx() -> None:
+    from onnx import TensorProto
+    from onnx.shape_inference import infer_shapes
+
+    from tests.rules.test_reshape_bn import chain
+
+    model = chain([2, 5, 16], [("Reshape", [0, 0, 8, 16]), ("Transpose", [0, 2, 1, 3])], 8,
+                  k=16, cols=128)  # fmt: skip
+    ours = proto.infer_shapes(model).SerializeToString()
+    assert ours == infer_shapes(model, strict_mode=False).SerializeToString()
+    for dims in ([], [3], [2, 0, 5]):
+        mine = proto.tensor_value_info("t", TensorProto.FLOAT16, dims)
+        theirs = helper.make_tensor_value_info("t", TensorProto.FLOAT16, dims)
+        assert mine.SerializeToString() == theirs.SerializeToString()

@@ -195,6 +195,25 @@ def unknown_shape() -> onnx.ModelProto:
     return make_model(nodes, [x], [out], [g, *bn_initializers("bn", params)])
 
 
+def declared_shape_conflict() -> onnx.ModelProto:
+    """MatMul [1, 6, 6] @ [6, 6] -> Reshape to [1, 6, 6] -> BN(6), with value_info claiming the
+    Reshape gives [6, 6, 1]: that would put the MatMul's columns on BN's axis 1 (they are on 2)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["a", "w"], ["m"], name="mm"),
+        helper.make_node("Reshape", ["m", "target"], ["r"], name="reshape"),
+        bn_node("r", "y", "bn"),
+    ]
+    inits = [
+        tensor("w", rng.normal(size=(6, 6)).astype(np.float32)),
+        tensor("target", np.array([1, 6, 6], dtype=np.int64)),
+        *bn_initializers("bn", bn_params(rng, 6)),
+    ]
+    a, y = vinfo("a", TensorProto.FLOAT, [1, 6, 6]), vinfo("y", TensorProto.FLOAT, [1, 6, 6])
+    lie = vinfo("r", TensorProto.FLOAT, [6, 6, 1])
+    return make_model(nodes, [a], [y], inits, value_info=[lie])
+
+
 CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "training_mode": (training_mode, Reason.TRAINING_MODE),
     "extra_outputs": (extra_outputs, Reason.EXTRA_OUTPUTS),
@@ -218,6 +237,7 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "non_finite": (non_finite, Reason.NON_FINITE),
     "padded_conv": (padded_conv, Reason.PADDED_CONV),
     "unknown_shape": (unknown_shape, Reason.UNKNOWN_SHAPE),
+    "declared_shape_conflict": (declared_shape_conflict, Reason.DECLARED_SHAPE_CONFLICT),
 }
 
 

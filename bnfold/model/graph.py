@@ -41,6 +41,16 @@ def subgraphs(node: proto.NodeProto) -> Iterator[tuple[str, proto.GraphProto]]:
                 yield f"{attr.name}[{k}]", g
 
 
+def subgraph_paths(
+    path: str, node: proto.NodeProto, index: int
+) -> Iterator[tuple[str, proto.GraphProto]]:
+    """(path, body) for every graph attribute of ``node``, the ``index``-th node of the graph at
+    ``path``: the path a ``Scope`` of that body has (``main/<node>.then_branch``)."""
+    label = node.name or f"{node.op_type}({node.output[0] if node.output else index})"
+    for attr_label, body in subgraphs(node):
+        yield f"{path}/{label}.{attr_label}", body
+
+
 def get_attr(node: proto.NodeProto, name: str, default: Any = None) -> Any:
     """A node attribute's value, or ``default`` when absent."""
     for attr in node.attribute:
@@ -434,11 +444,8 @@ class ModelIndex:
                 if name:
                     scope.consumers.setdefault(name, []).append(i)
                     used.add(name)
-            label = node.name or f"{node.op_type}({node.output[0] if node.output else i})"
-            for attr_label, body in subgraphs(node):
-                child = self._build_graph(
-                    f"{scope.path}/{label}.{attr_label}", body, scope, scope.opset
-                )
+            for path, body in subgraph_paths(scope.path, node, i):
+                child = self._build_graph(path, body, scope, scope.opset)
                 scope.children.append(child)
                 for name in sorted(child.free_names):
                     scope.consumers.setdefault(name, []).append(i)

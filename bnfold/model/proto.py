@@ -10,7 +10,9 @@ hand everything else to ``onnx.numpy_helper``/``onnx.helper``, imported then.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from types import ModuleType
@@ -64,6 +66,60 @@ def full_onnx() -> Any:
     import onnx
 
     return onnx
+
+
+def _load_extension() -> Any:
+    """onnx's C++ extension (shape inference lives there), loaded like the messages: on its own,
+    under its own name, where a later ``import onnx`` finds it. Loading it takes milliseconds;
+    ``import onnx`` about a second. None when it is not where onnx keeps it."""
+    name = "onnx.onnx_cpp2py_export"
+    if name in sys.modules:
+        return sys.modules[name]
+    if "onnx" in sys.modules:
+        return full_onnx().onnx_cpp2py_export
+    spec = importlib.util.find_spec("onnx")
+    locations = spec.submodule_search_locations if spec is not None else None
+    paths = [
+        f"{locations[0]}/onnx_cpp2py_export{suffix}"
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        if locations and os.path.isfile(f"{locations[0]}/onnx_cpp2py_export{suffix}")
+    ]
+    file_spec = importlib.util.spec_from_file_location(name, paths[0]) if paths else None
+    if file_spec is None or file_spec.loader is None:  # pragma: no cover - a different layout
+        return None
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[name] = module
+    try:
+        file_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def infer_shapes(model: ModelProto) -> ModelProto:
+    """onnx shape inference (not strict: a node it cannot infer is left as it is), without
+    importing the onnx package when its extension can be loaded on its own."""
+    extension = _load_extension()
+    if extension is None:  # pragma: no cover - a different layout: take the long way
+        return full_onnx().shape_inference.infer_shapes(model, strict_mode=False)
+    inferred = ModelProto()
+    inferred.ParseFromString(
+        extension.shape_inference.infer_shapes(model.SerializeToString(), False, False, False)
+    )
+    return inferred
+
+
+def tensor_value_info(name: str, elem_type: int, dims: Iterable[int]) -> Any:
+    """A ValueInfoProto of a tensor of a known shape (onnx.helper.make_tensor_value_info's)."""
+    vi = ValueInfoProto()
+    vi.name = name
+    tensor_type = vi.type.tensor_type
+    tensor_type.elem_type = elem_type
+    tensor_type.shape.SetInParent()  # a scalar has a shape of no dimensions, not an unknown one
+    for d in dims:
+        tensor_type.shape.dim.add().dim_value = int(d)
+    return vi
 
 
 # -- tensor data ---------------------------------------------------------------------------

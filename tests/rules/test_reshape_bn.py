@@ -15,6 +15,7 @@ from tests.builders import bn_initializers, bn_node, bn_stats, count_ops, make_m
 from tests.ortutil import assert_fold_matches, run_ort
 
 RNG = np.random.default_rng(23)
+PARAMS = ("scale", "B", "mean", "var")
 
 
 def chain(
@@ -28,14 +29,22 @@ def chain(
     bias: tuple[int, ...] | None = None,
     relu: bool = False,
     output_too: bool = False,
+    trans_b: bool = False,
+    gemm_c: bool = True,
 ) -> onnx.ModelProto:
-    """A [a_shape] @ B [k, cols] [+ bias] -> moves -> BN(channels) -> Relu."""
-    inits = [tensor("w", RNG.normal(0, 0.5, (k, cols)).astype(np.float32))]
+    """A [a_shape] @ B [k, cols] [+ bias] -> moves -> BN(channels) -> Relu (a Gemm has
+    alpha 0.5, B [cols, k] with ``trans_b``, and a C unless not ``gemm_c``)."""
+    inits = [
+        tensor("w", RNG.normal(0, 0.5, (cols, k) if trans_b else (k, cols)).astype(np.float32))
+    ]
     if layer == "MatMul":
         nodes = [helper.make_node("MatMul", ["a", "w"], ["m"], name="fc")]
     else:
-        nodes = [helper.make_node("Gemm", ["a", "w", "gc"], ["m"], name="fc", alpha=0.5)]
-        inits.append(tensor("gc", RNG.normal(0, 1, cols).astype(np.float32)))
+        c_in = ["gc"] if gemm_c else []
+        attrs: dict[str, Any] = {"transB": 1} if trans_b else {}
+        nodes = [helper.make_node("Gemm", ["a", "w", *c_in], ["m"], name="fc", alpha=0.5, **attrs)]
+        if gemm_c:
+            inits.append(tensor("gc", RNG.normal(0, 1, cols).astype(np.float32)))
     x = "m"
     if bias is not None:
         nodes.append(helper.make_node("Add", ["m", "bias"], ["ma"], name="add"))
@@ -151,8 +160,105 @@ def test_reshape_that_leaves_columns_on_the_last_axis() -> None:
 
 
 def test_reshape_that_splits_the_columns() -> None:
+    """[3, 4] -> [3, 2, 2]: channel c is columns 2c and 2c + 1 (was refused as a split)."""
     model = chain([3, 6], [("Reshape", [0, 2, 2])], 2, cols=4)
-    _refused(model, "not_per_channel", "splits or merges")
+    result = assert_fold_matches(model, expect_folded=1)
+    assert "(each channel is 2 consecutive columns)" in result.report.decisions[0].message
+
+
+# -- a column axis split with the channel as its outermost factor (DCGAN generator heads) --------
+
+
+@pytest.mark.parametrize(
+    ("layer", "trans_b", "gemm_c"),
+    [("Gemm", False, True), ("Gemm", True, True), ("Gemm", False, False), ("Gemm", True, False),
+     ("MatMul", False, False)],
+    ids=["gemm", "gemm-transB", "gemm-noC", "gemm-transB-noC", "matmul"],
+)  # fmt: skip
+@pytest.mark.parametrize("batch", [3, "N"])
+@pytest.mark.parametrize("target", [[0, 8, 4, 4], [-1, 8, 4, 4]], ids=str)
+def test_linear_reshaped_to_channels_and_pixels(
+    layer: str, trans_b: bool, gemm_c: bool, batch: Any, target: list[int]
+) -> None:
+    """Gemm [N, 128] -> Reshape [N, 8, 4, 4] -> BatchNorm2d(8): channel c owns the contiguous
+    columns 16c .. 16c + 15, so each column group scales by s[c]."""
+    model = chain(
+        [batch, 16], [("Reshape", target)], 8, k=16, cols=128, layer=layer, trans_b=trans_b,
+        gemm_c=gemm_c,
+    )  # fmt: skip
+    result = assert_fold_matches(model, expect_folded=1)
+    (decision,) = result.report.decisions
+    assert decision.message.endswith(
+        "through Reshape 'r0' (each channel is 16 consecutive columns)"
+    )
+    assert [n.op_type for n in result.model.graph.node] == ["Gemm", "Reshape", "Relu"]
+    gemm = result.model.graph.node[0]
+    assert {a.name: a.i for a in gemm.attribute if a.name == "transB"} == (
+        {"transB": 1} if trans_b else {}
+    )
+
+
+def test_matmul_bias_add_reshape_split() -> None:
+    """MatMul [N, K] @ [K, 128] + bias -> Reshape [N, 8, 16] -> BatchNorm1d(8): the Add folds
+    into the MatMul (now a Gemm) first, the BN into that Gemm's column groups next."""
+    model = chain([3, 16], [("Reshape", [0, 8, 16])], 8, k=16, cols=128, bias=(128,))
+    result = assert_fold_matches(model, expect_folded=2, bn_folded=1)
+    assert "(each channel is 16 consecutive columns)" in result.report.decisions[-1].message
+    assert [n.op_type for n in result.model.graph.node] == ["Gemm", "Reshape", "Relu"]
+
+
+@pytest.mark.parametrize("bias", [None, (128,), ()], ids=["none", "c", "scalar"])
+def test_rank3_matmul_split_then_transposed(bias: tuple[int, ...] | None) -> None:
+    """[N, L, K] @ [K, 128] -> Reshape [N, L, 8, 16] -> Transpose(0, 2, 1, 3) -> [N, 8, L, 16]:
+    the columns' outermost factor ends on axis 1; B's columns scale in groups of 16 and the
+    shift goes into the bias Add (created when absent)."""
+    moves = [("Reshape", [0, 0, 8, 16]), ("Transpose", [0, 2, 1, 3])]
+    model = chain([2, 5, 16], moves, 8, k=16, cols=128, bias=bias)
+    result = assert_fold_matches(model, expect_folded=1)
+    assert [n.op_type for n in result.model.graph.node] == [
+        "MatMul", "Add", "Reshape", "Transpose", "Relu",
+    ]  # fmt: skip
+
+
+def test_two_splits_multiply_the_group() -> None:
+    """[3, 128] -> [3, 8, 16] -> [3, 2, 4, 16]: channel c is columns 64c .. 64c + 63."""
+    moves = [("Reshape", [0, 8, 16]), ("Reshape", [0, 2, 4, 16])]
+    result = assert_fold_matches(chain([3, 16], moves, 2, k=16, cols=128), expect_folded=1)
+    assert "(each channel is 64 consecutive columns)" in result.report.decisions[0].message
+
+
+def test_split_with_the_channel_as_an_inner_factor() -> None:
+    """[N, 128] -> [N, 16, 8] -> Transpose(0, 2, 1) -> BN(8): channel = column % 8, not a
+    contiguous group of columns."""
+    moves = [("Reshape", [0, 16, 8]), ("Transpose", [0, 2, 1])]
+    model = chain([3, 16], moves, 8, k=16, cols=128, layer="Gemm")
+    _refused(
+        model, "not_per_channel", "outermost factor on axis 2 of its input [3, 8, 16]",
+        "not the outermost factor of the split column axis",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("batch", [4, "N"])
+def test_split_merged_with_the_batch(batch: Any) -> None:
+    """[N, 128] -> [-1, 8, 8]: axis 1 of the output is (2n + column // 64) % 8, which depends on
+    the row: the columns' outermost factor is mixed with the batch."""
+    model = chain([batch, 16], [("Reshape", [-1, 8, 8])], 8, k=16, cols=128, layer="Gemm")
+    _refused(
+        model, "not_per_channel", "splits axis 1 (the layer's columns) but mixes",
+        "not the outermost factor of the split column axis",
+    )  # fmt: skip
+
+
+def test_reshape_that_merges_the_columns_is_still_refused() -> None:
+    """[2, 7, 5] -> [2, 35]: the columns merged with the sequence axis."""
+    model = chain([2, 7, 6], [("Reshape", [0, 35])], 35)
+    _refused(model, "not_per_channel", "splits or merges axis 2")
+
+
+def test_split_then_merged_back_is_refused() -> None:
+    """[3, 128] -> [3, 8, 16] -> [3, 128]: exact in principle, but a merge: refused."""
+    moves = [("Reshape", [0, 8, 16]), ("Reshape", [0, 128])]
+    _refused(chain([3, 16], moves, 128, k=16, cols=128), "not_per_channel", "splits or merges")
 
 
 def test_bn_over_the_sequence_axis() -> None:
@@ -232,3 +338,26 @@ def test_function_body_without_shapes_is_refused() -> None:
         extra_opsets=[("local", 1)],
     )
     _refused(model, "unknown_shape", "MatMul 'fc'")
+
+
+def test_split_fold_is_float64_then_rounded_once() -> None:
+    """The folded B and C are exactly W * s[j // 16] and s[j // 16] * (beta_g * C - mean) + beta,
+    computed in float64 and rounded once to float32 (column j in channel j // 16)."""
+    model = chain([3, 16], [("Reshape", [0, 8, 4, 4])], 8, k=16, cols=128, layer="Gemm")
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    result = fold_model(model)
+    assert result.report.folded == 1
+    gemm = result.model.graph.node[0]
+    folded = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    gamma, beta, mean, var = (inits[f"bn_{k}"].astype(np.float64) for k in PARAMS)
+    s = gamma / np.sqrt(var + np.float64(np.float32(1e-5)))
+    s_col, mean_col, beta_col = (np.repeat(v, 16) for v in (s, mean, beta))
+    want_b = (inits["w"].astype(np.float64) * s_col[None, :]).astype(np.float32)
+    want_c = (s_col * (inits["gc"].astype(np.float64) - mean_col) + beta_col).astype(np.float32)
+    np.testing.assert_array_equal(folded[gemm.input[1]], want_b)
+    np.testing.assert_array_equal(folded[gemm.input[2]], want_c)
+
+
+def test_split_into_another_channel_count() -> None:
+    model = chain([3, 16], [("Reshape", [0, 8, 16])], 4, k=16, cols=128, layer="Gemm")
+    _refused(model, "shape_mismatch", "columns into 8 groups of 16")

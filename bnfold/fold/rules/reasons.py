@@ -32,6 +32,7 @@ class Reason(str, Enum):
     NON_FINITE = "non_finite"
     PADDED_CONV = "padded_conv"
     UNKNOWN_SHAPE = "unknown_shape"
+    DECLARED_SHAPE_CONFLICT = "declared_shape_conflict"
 
 
 class Skip(Exception):

@@ -5,8 +5,17 @@ Reshape/Transpose nodes carry the layer's last (column) axis to the BN's channel
 That is decided exactly, from known shapes: a Transpose moves axis p to ``perm.index(p)``; a
 Reshape keeps axis p of ``in`` as axis q of ``out`` when ``in[p] == out[q]`` and the elements
 before them are grouped alike (``prod(in[:p]) == prod(out[:q])``, row-major order), since then
-every element keeps its index along that axis. Anything else (a Reshape that splits or merges the
-column axis, or puts it elsewhere) is ``not_per_channel``.
+every element keeps its index along that axis.
+
+A Reshape may also split the column axis with the channel as its OUTERMOST factor (a DCGAN
+generator head: Gemm [N, 128] -> Reshape [N, 8, 4, 4] -> BatchNorm2d(8)): axis q of ``out`` is
+the outermost factor of axis p of ``in`` when both end the same block of elements
+(``prod(out[q:]) == prod(in[p:])``) and the elements after q are a whole number h of the elements
+after p (``prod(out[q+1:]) == h * prod(in[p+1:])``); then index_q = index_p // h, so channel c
+owns the h consecutive columns h*c .. h*c + h - 1 (h multiplies over several splits). The BN then
+folds into the layer as a BN over its columns with each channel's parameters repeated h times.
+Anything else (a split whose outermost factor is mixed with other axes or ends up off axis 1, a
+Reshape that merges the column axis with others, or puts it elsewhere) is ``not_per_channel``.
 
 A 2-D layer output folds by the layer's own rule (a MatMul becomes a Gemm). On a higher-rank
 MatMul output ([N, L, C] @ [C_in, C] then Transpose to [N, C, L]) B's columns are scaled and the
@@ -15,6 +24,7 @@ shift goes into the bias Add after the MatMul, or a new one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -71,9 +81,17 @@ class ReshapeBN(IntoLayersRule):
                 f"through the {_ops(moves)} after it cannot be told",
             )
         rank = len(shape)
-        axis = rank - 1  # the layer's column axis, followed to the BN
+        # the layer's column axis followed to the BN: index along ``axis`` = column // group
+        axis, group = rank - 1, 1
         for node in reversed(moves):
-            axis, shape = _follow(ctx, scope, node, axis, shape)
+            axis, group, shape = _follow(ctx, scope, node, axis, group, shape)
+        if axis != 1 and group > 1:
+            raise Skip(
+                Reason.NOT_PER_CHANNEL,
+                f"the {_ops(moves)} between {describe(layer)} and it split the layer's columns "
+                f"and put their outermost factor on axis {axis} of its input {list(shape)}: its "
+                "channel axis 1 is not the outermost factor of the split column axis",
+            )
         if axis != 1:
             raise Skip(
                 Reason.NOT_PER_CHANNEL,
@@ -83,12 +101,34 @@ class ReshapeBN(IntoLayersRule):
         if shape[1] != bn.channels:
             raise Skip(
                 Reason.SHAPE_MISMATCH,
-                f"it has {bn.channels} channels but {describe(layer)} has {shape[1]} columns",
+                f"it has {bn.channels} channels but {describe(layer)} has {shape[1]} columns"
+                if group == 1
+                else f"it has {bn.channels} channels but the {_ops(moves)} split "
+                f"{describe(layer)}'s columns into {shape[1]} groups of {group}",
             )
         # BN(x + a) = s * (x - (mean - a)) + beta: an Add between the Reshape and the BN
         mean = bn.mean - added_bias(chain, len(shape), bn.channels)
         piece = replace(bn, x=name, mean=mean)
         through = f" through {_ops(moves)} (its columns are the channels)"
+        if group > 1:
+            # the shapes may be declared ones (all there is): never repeat the parameters past
+            # the columns the layer's weight can have
+            b = weight(scope, layer, 1, "B")
+            if bn.channels * group > max(b.shape, default=1):
+                raise Skip(
+                    Reason.SHAPE_MISMATCH,
+                    f"it has {bn.channels} channels of {group} columns each, more than the B "
+                    f"{list(b.shape)} of {describe(layer)} has columns",
+                )
+            # channel c is columns group*c .. group*c + group - 1: a BN over the columns with
+            # each channel's parameters repeated ``group`` times
+            piece = replace(
+                piece,
+                s=np.repeat(bn.s, group),
+                mean=np.repeat(mean, group),
+                beta=np.repeat(bn.beta, group),
+            )
+            through = f" through {_ops(moves)} (each channel is {group} consecutive columns)"
         if rank == 2:
             plan = self.layers[layer.op_type].plan(ctx, scope, piece, sub)
             target = (
@@ -125,9 +165,10 @@ def _layer_behind(scope: Scope, name: str) -> str | None:
 
 
 def _follow(
-    ctx: RuleContext, scope: Scope, node: proto.NodeProto, axis: int, shape: Shape
-) -> tuple[int, Shape]:
-    """Where axis ``axis`` of ``node``'s input (of ``shape``) is in its output, and that shape."""
+    ctx: RuleContext, scope: Scope, node: proto.NodeProto, axis: int, group: int, shape: Shape
+) -> tuple[int, int, Shape]:
+    """Where axis ``axis`` of ``node``'s input (of ``shape``), whose index is the layer's column
+    // ``group``, is in its output: (that axis, its group, the output shape)."""
     if attr_is_reference(node):
         raise Skip(
             Reason.FUNCTION_ATTRIBUTE,
@@ -139,7 +180,7 @@ def _follow(
             raise Skip(
                 Reason.SHAPE_MISMATCH, f"{describe(node)} has perm {perm} for shape {list(shape)}"
             )
-        return perm.index(axis), tuple(shape[p] for p in perm)
+        return perm.index(axis), group, tuple(shape[p] for p in perm)
     out = ctx.shape(scope, node.output[0])
     if out is None or any(d is None for d in (*shape[1:], *out[1:])):
         raise Skip(
@@ -149,6 +190,9 @@ def _follow(
             "go cannot be told",
         )
     if (shape[0] is None or out[0] is None) and not _keeps_batch(scope, node, shape, out):
+        # a split is told from the dimensions after the batch axis alone (row-major strides)
+        if axis >= 1 and (_outermost_factor(shape, out, axis) or _cuts(shape, out, axis)):
+            return _split(node, shape, out, axis, group)
         raise Skip(
             Reason.UNKNOWN_SHAPE,
             f"{describe(node)} reshapes {list(shape)} to {list(out)}: whether it keeps the "
@@ -163,13 +207,76 @@ def _follow(
         if out[q] == shape[axis]
         and int(np.prod([d or 1 for d in out[start:q]], dtype=np.int64)) == before
     ]
-    if axis < start or not fits:
+    if axis < start:
+        raise _merges(node, shape, out, axis)
+    if fits:
+        return (1 if 1 in fits else fits[0]), group, out
+    return _split(node, shape, out, axis, group)
+
+
+def _split(
+    node: proto.NodeProto, shape: Shape, out: Shape, axis: int, group: int
+) -> tuple[int, int, Shape]:
+    """(axis, group, out) when the Reshape splits axis ``axis`` with an axis of ``out`` as its
+    outermost factor; else Skip(not_per_channel), saying whether it splits or merges."""
+    split = _outermost_factor(shape, out, axis)
+    if split is not None:
+        q, h = split
+        return q, group * h, out
+    if _cuts(shape, out, axis):
         raise Skip(
             Reason.NOT_PER_CHANNEL,
-            f"{describe(node)} reshapes {list(shape)} to {list(out)}, which splits or merges "
-            f"axis {axis} (the layer's columns) with others",
+            f"{describe(node)} reshapes {list(shape)} to {list(out)}, which splits axis {axis} "
+            "(the layer's columns) but mixes their outermost factor with other axes: the BN "
+            "channel is not the outermost factor of the split column axis",
         )
-    return (1 if 1 in fits else fits[0]), out
+    raise _merges(node, shape, out, axis)
+
+
+def _merges(node: proto.NodeProto, shape: Shape, out: Shape, axis: int) -> Skip:
+    return Skip(
+        Reason.NOT_PER_CHANNEL,
+        f"{describe(node)} reshapes {list(shape)} to {list(out)}, which splits or merges "
+        f"axis {axis} (the layer's columns) with others",
+    )
+
+
+def _tail(shape: Shape, start: int) -> int | None:
+    """The number of elements of ``shape[start:]`` (None when a dimension there is unknown)."""
+    dims = shape[start:]
+    if any(d is None for d in dims):
+        return None
+    return math.prod(int(d) for d in dims if d is not None)  # Python ints: no overflow
+
+
+def _outermost_factor(shape: Shape, out: Shape, axis: int) -> tuple[int, int] | None:
+    """(q, h) when the Reshape of ``shape`` to ``out`` splits axis ``axis`` with axis q of
+    ``out`` as its outermost factor: index_q = index_axis // h for every element (h > 1, and
+    out[q] > 1 so that q carries the index). Only the dimensions from ``axis`` and from q on
+    count (row-major strides), so an unknown batch axis in front does not matter."""
+    inner, block = _tail(shape, axis + 1), _tail(shape, axis)
+    if inner is None or block is None or inner == 0:
+        return None
+    for q in range(len(out)):
+        after, size = _tail(out, q + 1), out[q]
+        if after is None or size is None or size <= 1 or size * after != block:
+            continue
+        if after % inner == 0 and after // inner > 1:
+            return q, after // inner
+    return None
+
+
+def _cuts(shape: Shape, out: Shape, axis: int) -> bool:
+    """Whether an axis boundary of ``out`` falls strictly inside the block of elements that axis
+    ``axis`` of ``shape`` spans: the Reshape splits that axis (rather than only merging it)."""
+    inner, block = _tail(shape, axis + 1), _tail(shape, axis)
+    if inner is None or block is None:
+        return False
+    for q in range(len(out)):
+        after = _tail(out, q + 1)
+        if after is not None and inner < after < block and after % inner == 0:
+            return True
+    return False
 
 
 def _keeps_batch(scope: Scope, node: proto.NodeProto, shape: Shape, out: Shape) -> bool:
