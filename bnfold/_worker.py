@@ -20,13 +20,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bnfold.errors import BnfoldError, UsageError
-from bnfold.inputs import InputSpec, make_feeds, output_names
+from bnfold.inputs import BFLOAT16, NUMPY_TYPES, InputSpec, make_feeds, output_names
 from bnfold.verification import OutputComparison, compare_arrays, merge, tolerances_for
+
+if TYPE_CHECKING:
+    import onnx
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -209,6 +212,19 @@ def _batchnorm_op() -> type:
     return BatchNormalization
 
 
+def _readable(model: onnx.ModelProto) -> None:
+    """BackendError naming the first tensor whose element type ONNX does not define (the
+    reference evaluator would fail on it with a bare KeyError)."""
+    from bnfold.modelio import all_tensors
+    from bnfold.proto import KNOWN_TYPES
+
+    for tensor in all_tensors(model):
+        if tensor.data_type not in KNOWN_TYPES:
+            raise BackendError(
+                f"tensor '{tensor.name}' has unknown element type {tensor.data_type}"
+            )
+
+
 def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
     import onnx
     from onnx.reference import ReferenceEvaluator
@@ -217,11 +233,18 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 
     try:
         model = onnx.load(path)
+        _readable(model)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         evaluator = ReferenceEvaluator(model, new_ops=_reference_ops(opset))
     except Exception as exc:  # the reference evaluator raises anything for unsupported models
         raise BackendError(first_line(exc)) from None
     outputs = output_names(model)
+    specs = input_specs(model)
+    for spec in specs:
+        if spec.elem_type not in NUMPY_TYPES and spec.elem_type != BFLOAT16:
+            raise BackendError(
+                f"input '{spec.name}' has element type {spec.elem_type}, which bnfold cannot feed"
+            )
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
@@ -229,7 +252,7 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
         except Exception as exc:
             raise BackendError(first_line(exc)) from None
 
-    return input_specs(model), outputs, run
+    return specs, outputs, run
 
 
 # -- the comparison -----------------------------------------------------------------------------

@@ -30,9 +30,11 @@ FLOAT_TYPES: dict[int, str] = {
 
 
 def dtype_name(elem_type: int) -> str:
-    """A readable name for an ONNX element type."""
+    """A readable name for an ONNX element type (also for a number ONNX does not define)."""
     if elem_type in FLOAT_TYPES:
         return FLOAT_TYPES[elem_type]
+    if elem_type not in proto.KNOWN_TYPES:
+        return f"unknown element type {elem_type}"
     name: str = TensorProto.DataType.Name(elem_type)
     return name.lower()
 

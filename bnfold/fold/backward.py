@@ -28,6 +28,7 @@ from bnfold.rules._base import (
     read_batchnorm,
     read_scale,
     split_constant,
+    unreadable_as_skip,
     walk_chain,
 )
 
@@ -93,13 +94,14 @@ class BackwardFold:
         state = self.state
         chain: Chain | None = None
         try:
-            check_mode(scope, bn_node)
-            chain = walk_chain(scope, bn_node, tuple(state.rules), _is_dirty(dirty))
-            if id(bn_node) in dirty:
-                raise Defer
-            bn = read_batchnorm(scope, bn_node)
-            rule = state.rules[chain.producer.op_type]
-            plan = rule.plan(state, scope, bn, chain)
+            with unreadable_as_skip():
+                check_mode(scope, bn_node)
+                chain = walk_chain(scope, bn_node, tuple(state.rules), _is_dirty(dirty))
+                if id(bn_node) in dirty:
+                    raise Defer
+                bn = read_batchnorm(scope, bn_node)
+                rule = state.rules[chain.producer.op_type]
+                plan = rule.plan(state, scope, bn, chain)
         except Skip as skip:
             layer = chain.producer if chain else None
             decision = decide(scope, bn_node, skip.reason, skip.message, layer=layer, chain=chain)
@@ -151,13 +153,14 @@ class BackwardFold:
             return None
         chain: Chain | None = None
         try:
-            chain = walk_chain(scope, node, tuple(state.rules), _is_dirty(dirty), start=x)
-            if id(node) in dirty:
-                raise Defer
-            rule = state.rules[chain.producer.op_type]
-            channels, rank = rule.output_channels(state, scope, chain.producer)
-            scale = read_scale(scope, node, const, x, channels, rank)
-            plan = rule.plan(state, scope, scale, chain)
+            with unreadable_as_skip():
+                chain = walk_chain(scope, node, tuple(state.rules), _is_dirty(dirty), start=x)
+                if id(node) in dirty:
+                    raise Defer
+                rule = state.rules[chain.producer.op_type]
+                channels, rank = rule.output_channels(state, scope, chain.producer)
+                scale = read_scale(scope, node, const, x, channels, rank)
+                plan = rule.plan(state, scope, scale, chain)
         except Skip as skip:
             if producer.op_type == "MatMul":
                 return None  # MatMul + bias Add is everywhere in transformers: not a scale layer

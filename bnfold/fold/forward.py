@@ -23,6 +23,7 @@ from bnfold.rules._base import (
     blocked_flatten,
     find_following,
     read_batchnorm,
+    unreadable_as_skip,
 )
 
 
@@ -78,9 +79,10 @@ class ForwardFold:
             raise Defer
         consumer = following.consumer
         try:
-            bn = read_batchnorm(scope, bn_node)
-            rule = state.forward_rules[consumer.op_type]
-            plan = rule.plan_forward(state, scope, bn, following)
+            with unreadable_as_skip():
+                bn = read_batchnorm(scope, bn_node)
+                rule = state.forward_rules[consumer.op_type]
+                plan = rule.plan_forward(state, scope, bn, following)
         except Skip as skip:
             return skip
         op = consumer.op_type  # before the rewrite: a MatMul becomes a Gemm
