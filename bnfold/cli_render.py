@@ -59,6 +59,11 @@ def summary(report: FoldReport, verb: str = "folded") -> str:
 def verification_line(v: VerifyReport) -> str:
     worst = next(iter(v.worst(1)), None)
     where = f"{v.backend}, {v.samples} sample{'s' if v.samples != 1 else ''}"
+    if v.enlarged is not None:  # the default shapes did not run the original: say which did
+        where += ", inputs " + ", ".join(
+            f"{escape(name)} {'x'.join(map(str, dims)) or 'scalar'}"
+            for name, dims in v.input_shapes.items()
+        )
     if v.status == "unverified":
         return f"[yellow]unverified[/yellow]: {escape(v.reason or '')}"
     if worst is None:

@@ -120,6 +120,9 @@ class VerifyReport:
     reason: str | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    #: The size unknown dims were run at when the original did not run at the default (the
+    #: shapes are in ``input_shapes``, the why in ``notes``; not a key of its own in the JSON)
+    enlarged: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -309,6 +312,7 @@ def verify(
             "atol": atol,
             "output_tolerances": {k: list(v) for k, v in (output_tolerances or {}).items()},
             "cleanup": [str(p) for p in cleanup],
+            "timeout": limit,
         }
         notes: list[str] = []
         failures: list[str] = []
@@ -515,4 +519,5 @@ def _report(
         reason=reason,
         notes=tuple(notes + result.get("notes", [])),
         seconds=seconds,
+        enlarged=result.get("enlarged"),
     )
