@@ -11,7 +11,8 @@ from typing import Any, Literal
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.fold.engine import FoldEngine
 from bnfold.fold.report import FoldReport, FoldResult
-from bnfold.fold.rules import DEFAULT_RULES, FoldRule
+from bnfold.fold.rules import DEFAULT_RULES
+from bnfold.fold.rules.base import FoldRule
 from bnfold.model import proto
 from bnfold.model.reading import open_model_file, read_model
 from bnfold.model.staging import stage_model
@@ -135,6 +136,7 @@ def fold_file(
     verify: VerifyOptions | None = VerifyOptions(),
     force: bool = False,
     rules: Sequence[FoldRule] = DEFAULT_RULES,
+    create_folders: bool = False,
 ) -> FileFoldResult:
     """Fold the model file at ``path``, check the result with onnxruntime, and write it.
 
@@ -143,7 +145,9 @@ def fold_file(
     raises ``VerificationFailed`` (carrying this result) and writes nothing unless ``force``.
     ``verify=None`` skips the check; ``write=False`` only reports what would be folded.
     External data is loaded and written back external beside the output. The input file is never
-    modified unless ``in_place``.
+    modified unless ``in_place``. ``create_folders`` creates the output's missing folders when
+    the output is staged (after the fold: never for an input that is refused), and removes them
+    again when nothing is written there (else a missing folder is an ``OutputError``).
     """
     if _stopped is not None:
         raise SystemExit(_stopped)
@@ -174,7 +178,12 @@ def fold_file(
             input=src, output=dst, report=report, status="unchanged", size_before=size
         )
     staging = stage_model(
-        model, dst, external_data=external or None, source_dir=src.parent, store=store
+        model,
+        dst,
+        external_data=external or None,
+        source_dir=src.parent,
+        store=store,
+        create_folders=create_folders,
     )
     with staging as staged:
         del model, engine, store, opened  # the staged file is what gets checked and written

@@ -131,13 +131,7 @@ def collect_tasks(
             f"{out}: several models cannot be written to one file",
             hint="give -o/--output a folder (it is created if missing)",
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out}: cannot create the output folder ({exc.strerror or exc})",
-            hint="choose another -o/--output",
-        ) from None
+    _check_creatable(out)
     return _distinct([Task(p, out / rel) for p, rel in entries])
 
 
@@ -147,6 +141,33 @@ def collect_models(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return [
         t.input for t in collect_tasks([Path(p) for p in paths], None, in_place=False, write=False)
     ]
+
+
+def _check_creatable(folder: Path) -> None:
+    """OutputError, before any model is read, when the output folder cannot be made: it is a
+    file, or its nearest existing parent is a file or is not writable. The folders themselves
+    are created only when a model is written into them (``fold_file``), so refused inputs leave
+    none behind."""
+    probe = folder
+    while not _exists(probe) and probe != probe.parent:
+        probe = probe.parent
+    why = None
+    if not _is_dir(probe):
+        why = "File exists" if probe == folder else "Not a directory"
+    elif probe != folder and not os.access(probe, os.W_OK):
+        why = "Permission denied"
+    if why is not None:
+        raise OutputError(
+            f"{folder}: cannot create the output folder ({why})",
+            hint="choose another -o/--output",
+        )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _is_dir(path: Path) -> bool:
@@ -205,7 +226,6 @@ def run_task(
 ) -> Outcome:
     """Process one model; user errors become an ``error`` outcome, bugs propagate."""
     try:
-        _ensure_folder(task)
         result = fold_file(
             task.input,
             task.output,
@@ -213,6 +233,7 @@ def run_task(
             write=mode == "fold",
             verify=verify,
             force=force,
+            create_folders=True,
         )
     except VerificationFailed as exc:
         status = exc.result.status if exc.result is not None else "verification_failed"
@@ -245,19 +266,6 @@ def run_task(
     )
     code = EXIT_FAILED if refused else EXIT_UNVERIFIED if result.status == "unverified" else 0
     return Outcome(task.input, result.status, code, result)
-
-
-def _ensure_folder(task: Task) -> None:
-    """Create the mirrored sub-folder a batch output goes to."""
-    if task.output is None or task.output.parent.exists():
-        return
-    try:
-        task.output.parent.mkdir(parents=True, exist_ok=True)  # parallel jobs race here
-    except OSError as exc:
-        raise OutputError(
-            f"{task.output}: cannot create the output folder ({exc.strerror or exc})",
-            hint="choose another -o/--output",
-        ) from None
 
 
 def run_tasks(

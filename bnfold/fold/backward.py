@@ -21,7 +21,7 @@ from bnfold.fold.report import BNDecision
 from bnfold.fold.rules.batchnorm import check_mode, read_batchnorm, read_scale
 from bnfold.fold.rules.chain import Chain, split_constant, walk_chain
 from bnfold.fold.rules.plan import FoldPlan
-from bnfold.fold.rules.reasons import Defer, Reason, Skip
+from bnfold.fold.rules.reasons import Defer, Reason, Skip, unreadable_as_skip
 from bnfold.fold.state import FoldState, Pending, node_key
 from bnfold.model import proto
 from bnfold.model.graph import ModelIndex, Scope, is_op
@@ -98,13 +98,14 @@ class BackwardFold:
         state = self.state
         chain: Chain | None = None
         try:
-            check_mode(scope, bn_node)
-            chain = _walk(scope, bn_node, tuple(state.rules), dirty, refreshed)
-            if id(bn_node) in dirty:
-                raise Defer
-            bn = read_batchnorm(scope, bn_node)
-            rule = state.rules[chain.producer.op_type]
-            plan = rule.plan(state, scope, bn, chain)
+            with unreadable_as_skip():
+                check_mode(scope, bn_node)
+                chain = _walk(scope, bn_node, tuple(state.rules), dirty, refreshed)
+                if id(bn_node) in dirty:
+                    raise Defer
+                bn = read_batchnorm(scope, bn_node)
+                rule = state.rules[chain.producer.op_type]
+                plan = rule.plan(state, scope, bn, chain)
         except Skip as skip:
             layer = chain.producer if chain else None
             decision = decide(scope, bn_node, skip.reason, skip.message, layer=layer, chain=chain)
@@ -162,13 +163,14 @@ class BackwardFold:
             return None
         chain: Chain | None = None
         try:
-            chain = _walk(scope, node, tuple(state.rules), dirty, refreshed, start=x)
-            if id(node) in dirty:
-                raise Defer
-            rule = state.rules[chain.producer.op_type]
-            channels, rank = rule.output_channels(state, scope, chain.producer)
-            scale = read_scale(scope, node, const, x, channels, rank)
-            plan = rule.plan(state, scope, scale, chain)
+            with unreadable_as_skip():
+                chain = _walk(scope, node, tuple(state.rules), dirty, refreshed, start=x)
+                if id(node) in dirty:
+                    raise Defer
+                rule = state.rules[chain.producer.op_type]
+                channels, rank = rule.output_channels(state, scope, chain.producer)
+                scale = read_scale(scope, node, const, x, channels, rank)
+                plan = rule.plan(state, scope, scale, chain)
         except Skip as skip:
             if producer.op_type == "MatMul":
                 return None  # MatMul + bias Add is everywhere in transformers: not a scale layer

@@ -15,7 +15,7 @@ from dataclasses import replace
 from bnfold.fold.report import BNDecision
 from bnfold.fold.rules.batchnorm import read_batchnorm
 from bnfold.fold.rules.following import blocked_flatten, find_following
-from bnfold.fold.rules.reasons import Defer, Reason, Skip
+from bnfold.fold.rules.reasons import Defer, Reason, Skip, unreadable_as_skip
 from bnfold.fold.state import FoldState, Pending
 from bnfold.model import proto
 from bnfold.model.graph import Scope
@@ -73,9 +73,10 @@ class ForwardFold:
             raise Defer
         consumer = following.consumer
         try:
-            bn = read_batchnorm(scope, bn_node)
-            rule = state.forward_rules[consumer.op_type]
-            plan = rule.plan_forward(state, scope, bn, following)
+            with unreadable_as_skip():
+                bn = read_batchnorm(scope, bn_node)
+                rule = state.forward_rules[consumer.op_type]
+                plan = rule.plan_forward(state, scope, bn, following)
         except Skip as skip:
             return skip
         op = consumer.op_type  # before the rewrite: a MatMul becomes a Gemm

@@ -102,9 +102,11 @@ class Constant:
         return tuple(self.array().shape)
 
     def array(self) -> npt.NDArray[Any]:
-        """The value as numpy, read once."""
+        """The value as numpy, read once; ``proto.UnknownElementType`` when ONNX does not define
+        its element type (the values cannot be read)."""
         if self._array is None:
             if self.tensor is not None:
+                proto.check_known(self.tensor.data_type, self.name)
                 store = self.scope.store
                 if store is not None and self.node is None and self.tensor.name in store:
                     self._array = store.array(self.tensor)  # a header: its bytes are elsewhere
@@ -326,7 +328,7 @@ class Scope:
                     continue
                 try:
                     inputs.append(self.constant(source).array())
-                except NotConstant as exc:
+                except (NotConstant, proto.UnknownElementType) as exc:
                     raise NotConstant(
                         f"it is computed by a {node.op_type} node from '{source}', and {exc}"
                     ) from None

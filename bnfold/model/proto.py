@@ -149,6 +149,23 @@ def reset_data(tensor: TensorProto, shape: tuple[int, ...], elem_type: int) -> N
 
 # -- element types --------------------------------------------------------------------------
 
+#: The element types ONNX defines, as far as the installed onnx knows them. A model file may
+#: name any number (a damaged file, or a type from a newer ONNX): such a tensor's values cannot
+#: be read, and bnfold must say so instead of failing on a table lookup.
+KNOWN_TYPES: frozenset[int] = frozenset(int(t) for t in TensorProto.DataType.values())
+
+
+class UnknownElementType(ValueError):
+    """A tensor whose element type ONNX does not define (as far as this onnx knows): its values
+    cannot be read. The message names the tensor and the type."""
+
+
+def check_known(elem_type: int, name: str) -> None:
+    """``UnknownElementType`` for a tensor ``name`` of an element type ONNX does not define."""
+    if elem_type not in KNOWN_TYPES:
+        raise UnknownElementType(f"'{name}' has unknown element type {elem_type}")
+
+
 #: ONNX element types numpy holds natively, with the typed field their values live in and how
 #: a value of that field is stored (float16 in int32_data as its bit pattern).
 _PLAIN: dict[int, tuple[np.dtype[Any], str]] = {
@@ -192,7 +209,9 @@ def tensor_dtype_to_np_dtype(elem_type: int) -> np.dtype[Any]:
 
 
 def to_array(tensor: Any) -> npt.NDArray[Any]:
-    """A tensor's values as numpy (what ``onnx.numpy_helper.to_array`` gives)."""
+    """A tensor's values as numpy (what ``onnx.numpy_helper.to_array`` gives);
+    ``UnknownElementType`` when ONNX does not define its element type."""
+    check_known(tensor.data_type, tensor.name)
     plain = _PLAIN.get(tensor.data_type)
     dims = tuple(int(d) for d in tensor.dims)
     if plain is not None and tensor.data_location != TensorProto.EXTERNAL:

@@ -28,6 +28,7 @@ class StagedModel:
         self.tmpdir = tmpdir
         self.target = target
         self.data_name = data_name
+        self.committed = False
 
     @property
     def path(self) -> Path:
@@ -44,6 +45,7 @@ class StagedModel:
         data = self.tmpdir / self.data_name if self.data_name else None
         if data is None or not data.exists():
             self._replace(self.path, self.target)
+            self.committed = True
             return [self.target]
         data_target = self.target.parent / data.name
         backup = self._keep(data_target)
@@ -62,6 +64,7 @@ class StagedModel:
                     f"({exc.strerror or exc}); the old data file is in {backup}"
                 ) from None
             raise
+        self.committed = True
         return [data_target, self.target]
 
     def _keep(self, path: Path) -> Path | None:
@@ -85,6 +88,87 @@ class StagedModel:
             raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
 
 
+#: How often staging tries again when a parallel job removed the folder it had just created.
+_STAGING_TRIES = 3
+
+
+def make_folders(folder: Path, target: Path | None = None) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders this call created,
+    outermost first (a folder a parallel job made at the same moment is not one of them).
+    OutputError (naming ``target``, the file to be written there) when one cannot be created;
+    the ones made before it are removed again."""
+    name = target if target is not None else folder
+    missing: list[Path] = []
+    probe = folder
+    while not _exists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if path.is_dir():
+                continue  # a parallel job was first: its folder, not ours to remove
+            remove_folders(created)
+            raise OutputError(
+                f"{name}: cannot create the output folder ({path} is a file)",
+                hint="choose another -o/--output",
+            ) from None
+        except OSError as exc:
+            remove_folders(created)
+            raise OutputError(
+                f"{name}: cannot create the output folder ({exc.strerror or exc})",
+                hint="choose another -o/--output",
+            ) from None
+        created.append(path)
+    return created
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long, a loop of links: let mkdir say what is wrong
+        return False
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the folders ``make_folders`` created, innermost first, as far as they are empty
+    (a parallel job may have written into one since: that one and its parents stay)."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def _staging_folder(target: Path, folder: Path, make: bool) -> tuple[Path, list[Path]]:
+    """The temporary folder beside ``target`` and the output folders created for it (``make``:
+    missing ones are created; else a missing folder is an OutputError)."""
+    for _ in range(_STAGING_TRIES):
+        created = make_folders(folder, target) if make else []
+        if not folder.is_dir():
+            raise OutputError(
+                f"{target}: output folder {folder} does not exist",
+                hint="create it, or choose another",
+            )
+        if not os.access(folder, os.W_OK):
+            remove_folders(created)
+            raise OutputError(
+                f"{target}: output folder {folder} is not writable", hint="choose another output"
+            )
+        try:
+            return Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder)), created
+        except FileNotFoundError:
+            if not make:
+                raise OutputError(f"{target}: output folder {folder} does not exist") from None
+            continue  # a parallel job removed the folder it had made: make it again
+        except OSError as exc:
+            remove_folders(created)
+            raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    raise OutputError(f"{target}: cannot write (its folder {folder} keeps disappearing)")
+
+
 @contextmanager
 def stage_model(
     model: proto.ModelProto,
@@ -93,23 +177,17 @@ def stage_model(
     external_data: bool | None = None,
     source_dir: str | os.PathLike[str] | None = None,
     store: TensorStore | None = None,
+    create_folders: bool = False,
 ) -> Iterator[StagedModel]:
     """Write ``model`` into a temporary folder beside ``path``; removed again on exit.
 
     With external data (kept when the input had it, forced past protobuf's 2 GiB limit) the
     tensors go to ``<name>.data`` beside the model. ``source_dir`` is where tensors that still
-    point at the input's external data file find it.
+    point at the input's external data file find it. With ``create_folders`` the output's missing
+    folders are created, and removed again on exit unless the model was committed there.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(
-            f"{target}: output folder {folder} does not exist", hint="create it, or choose another"
-        )
-    if not os.access(folder, os.W_OK):
-        raise OutputError(
-            f"{target}: output folder {folder} is not writable", hint="choose another output"
-        )
     unloaded = uses_external_data(model)
     if unloaded and (external_data is False or source_dir is None):
         raise ValueError(
@@ -118,12 +196,9 @@ def stage_model(
         )
     if unloaded:
         external_data = True
+    tmpdir, created = _staging_folder(target, folder, create_folders)
+    staged = StagedModel(tmpdir, target, target.name + ".data")
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=folder))
-    except OSError as exc:
-        raise OutputError(f"{target}: cannot write ({exc.strerror or exc})") from None
-    try:
-        staged = StagedModel(tmpdir, target, target.name + ".data")
         try:
             write_model(
                 model,
@@ -139,6 +214,8 @@ def stage_model(
         yield staged
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+        if not staged.committed:
+            remove_folders(created)
 
 
 def save_model_atomic(

@@ -51,9 +51,9 @@ _NAMES = (
 
 
 def dtype_name(elem_type: int) -> str:
-    """A readable name for an ONNX element type."""
+    """A readable name for an ONNX element type (also for a number ONNX does not define)."""
     if elem_type in FLOAT_TYPES:
         return FLOAT_TYPES[elem_type]
     if 0 <= elem_type < len(_NAMES):
         return _NAMES[elem_type]
-    raise ValueError(f"Enum DataType has no name defined for value {elem_type}")
+    return f"unknown element type {elem_type}"  # a damaged file, or a newer ONNX

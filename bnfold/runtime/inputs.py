@@ -2,7 +2,8 @@
 
 Only real graph inputs are fed (an initializer listed as a graph input keeps its stored default).
 Symbolic or unknown dimensions come from ``input_shapes`` or, by default, are 1 on the first axis
-(the batch) and 16 elsewhere; one symbolic name gets one value across all inputs.
+(the batch) and 16 elsewhere; one symbolic name gets one value across all inputs. When the
+original model does not run so, verification tries larger sizes (``LARGER_DIMS``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def numpy_dtype(elem_type: int) -> np.dtype[np.generic]:
 #: Default for an unknown dimension on axis 0 (the batch) and on every other axis.
 DEFAULT_BATCH = 1
 DEFAULT_DIM = 16
+#: Sizes tried, in order, for unknown non-batch dimensions when the original model does not run
+#: with DEFAULT_DIM (a detector whose feature maps must divide by 32, say).
+LARGER_DIMS = (32, 64, 128, 224)
+#: No larger size is tried whose inputs together would pass this many elements.
+MAX_TRIED_ELEMENTS = 1 << 24
 
 Dim = int | str | None
 
@@ -119,9 +125,14 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 def resolve_shapes(
-    specs: Sequence[InputSpec], input_shapes: Mapping[str, Sequence[int]] | None
+    specs: Sequence[InputSpec],
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    default_dim: int = DEFAULT_DIM,
+    why: str = "default for unknown dims",
 ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-    """Concrete shapes for every input, and notes on which defaults were applied."""
+    """Concrete shapes for every input, and notes on which defaults were applied
+    (``default_dim`` for unknown dimensions past the batch axis; ``why`` says why in the
+    notes)."""
     given = dict(input_shapes or {})
     known = {s.name for s in specs}
     for name in given:
@@ -154,7 +165,7 @@ def resolve_shapes(
                 continue
             value = symbols.get(d) if isinstance(d, str) else None
             if value is None:
-                value = DEFAULT_BATCH if axis == 0 else DEFAULT_DIM
+                value = DEFAULT_BATCH if axis == 0 else default_dim
                 if isinstance(d, str):
                     symbols[d] = value
             dims.append(value)
@@ -162,10 +173,24 @@ def resolve_shapes(
         if any(not isinstance(d, int) for d in spec.shape):
             notes.append(
                 f"input '{spec.name}' {spec.declared()} run as "
-                f"{'x'.join(map(str, dims)) or 'scalar'} (default for unknown dims; "
+                f"{'x'.join(map(str, dims)) or 'scalar'} ({why}; "
                 f"set --input-shape {spec.name}:DIMS)"
             )
     return shapes, notes
+
+
+def has_unknown_dims(
+    specs: Sequence[InputSpec], input_shapes: Mapping[str, Sequence[int]] | None
+) -> bool:
+    """True when some input not given a shape has an unknown dimension past the batch axis:
+    the inputs ``resolve_shapes`` makes then depend on its ``default_dim``."""
+    given = input_shapes or {}
+    return any(
+        spec.name not in given
+        and spec.shape is not None
+        and any(not isinstance(d, int) for d in spec.shape[1:])
+        for spec in specs
+    )
 
 
 def _check_given(spec: InputSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -207,8 +232,11 @@ def make_feeds(
     inputs: str | os.PathLike[str] | None = None,
     samples: int = 1,
     seed: int = 0,
+    default_dim: int = DEFAULT_DIM,
+    why: str = "default for unknown dims",
 ) -> tuple[Iterator[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
-    """Feeds for ``samples`` runs, the shapes used, and notes on defaults.
+    """Feeds for ``samples`` runs, the shapes used, and notes on defaults (``default_dim`` for
+    unknown dimensions past the batch axis, ``why`` as for ``resolve_shapes``).
 
     The feeds are made one at a time as they are iterated (same random stream, in the same
     order, as making them all at once), so memory holds one sample however many are asked for;
@@ -218,7 +246,7 @@ def make_feeds(
     if inputs is not None:
         feed = load_npz(specs, Path(inputs))
         return iter([feed]), {k: tuple(v.shape) for k, v in feed.items()}, []
-    shapes, notes = resolve_shapes(specs, input_shapes)
+    shapes, notes = resolve_shapes(specs, input_shapes, default_dim, why)
     return _random_feeds(specs, shapes, samples, seed), shapes, notes
 
 

@@ -3,13 +3,18 @@ layers a BN folds into computed in float32 for float16/bfloat16 inputs, as real 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bnfold.runtime.inputs import InputSpec, output_names
+from bnfold.numerics.dtypes import BFLOAT16
+from bnfold.runtime.inputs import NUMPY_TYPES, InputSpec, output_names
 from bnfold.runtime.serve import BackendError, first_line
 from bnfold.verification.compare import Runner
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def _low_precision(dtype: np.dtype[Any]) -> bool:
@@ -18,9 +23,11 @@ def _low_precision(dtype: np.dtype[Any]) -> bool:
     return dtype == np.float16 or dtype.name == "bfloat16"
 
 
-def _in_float32(base: Any, name: str) -> type:
+def _in_float32(base: Any, name: str, like: Sequence[int] = (0,)) -> type:
     """``base`` (a reference-evaluator op) computing float16/bfloat16 inputs in float32 and
-    rounding each output once into the input dtype.
+    rounding each output once into its own type: output ``i`` has the type of input
+    ``like[i]`` (the last entry for the outputs after it), as the operator's type constraints
+    say, e.g. BatchNormalization-15's Y has X's type T, whatever the types of its parameters.
 
     numpy, and ml_dtypes for bfloat16, round after every elementwise step: the reference Conv
     rounds its product and again after adding the bias, Gemm after each of alpha, @, beta and
@@ -30,23 +37,28 @@ def _in_float32(base: Any, name: str) -> type:
     """
 
     def _run(self: Any, *inputs: Any, **attrs: Any) -> tuple[Any, ...]:
-        low = next(
-            (x.dtype for x in inputs if isinstance(x, np.ndarray) and _low_precision(x.dtype)),
-            None,
-        )
-        if low is None:
+        if not any(isinstance(x, np.ndarray) and _low_precision(x.dtype) for x in inputs):
             result: tuple[Any, ...] = base._run(self, *inputs, **attrs)
             return result
         up = [
-            x.astype(np.float32) if isinstance(x, np.ndarray) and x.dtype == low else x
+            x.astype(np.float32) if isinstance(x, np.ndarray) and _low_precision(x.dtype) else x
             for x in inputs
         ]
-        return tuple(
-            r.astype(low) if isinstance(r, np.ndarray) and r.dtype == np.float32 else r
-            for r in base._run(self, *up, **attrs)
-        )
+        outputs = base._run(self, *up, **attrs)
+        return tuple(_like(r, inputs, like[min(i, len(like) - 1)]) for i, r in enumerate(outputs))
 
     return type(name, (base,), {"op_domain": "", "_run": _run})
+
+
+def _like(result: Any, inputs: Sequence[Any], source: int) -> Any:
+    """``result`` (computed in float32) rounded into the type of ``inputs[source]``, when that
+    input was a float16/bfloat16 one the computation widened."""
+    model = inputs[source] if source < len(inputs) else None
+    if not isinstance(result, np.ndarray) or not isinstance(model, np.ndarray):
+        return result
+    if result.dtype == np.float32 and _low_precision(model.dtype):
+        return result.astype(model.dtype)
+    return result
 
 
 def _reference_ops(opset: int) -> list[type]:
@@ -61,7 +73,8 @@ def _reference_ops(opset: int) -> list[type]:
     gemm = Gemm_6 if opset < 7 else Gemm_7
     layers = [(Conv, "Conv"), (ConvTranspose, "ConvTranspose"), (gemm, "Gemm")]
     return [
-        _in_float32(_batchnorm_op(), "BatchNormalization"),
+        # Y has X's type; the running mean and variance (training mode) have input_mean's
+        _in_float32(_batchnorm_op(), "BatchNormalization", like=(0, 3)),
         *(_in_float32(base, name) for base, name in [*layers, (MatMul, "MatMul")]),
     ]
 
@@ -70,7 +83,9 @@ def _batchnorm_op() -> type:
     """BatchNormalization for the reference evaluator that honours inference mode.
 
     onnx 1.23's reference implementation for opsets 9-13 normalizes with batch statistics; a
-    model in inference mode must use the running mean and variance it stores.
+    model in inference mode must use the running mean and variance it stores. It computes in
+    the widest type of X and the parameters (BN-15 allows float64 X with float32 statistics:
+    ``var + eps`` in float32 would be float32's rounding in a float64 model), and Y has X's type.
     """
     from onnx.reference.op_run import OpRun
 
@@ -94,6 +109,11 @@ def _batchnorm_op() -> type:
             eps = 1e-5 if epsilon is None else epsilon
             training = bool(training_mode) or (is_test is not None and not is_test)
             axes = (0, *range(2, x.ndim))
+            stored_mean, stored_var, out_type = mean, var, x.dtype
+            wide = np.result_type(x, scale, bias, mean, var)
+            x, scale, bias, mean, var = (
+                a.astype(wide, copy=False) for a in (x, scale, bias, mean, var)
+            )
 
             def per_channel(p: np.ndarray) -> np.ndarray:
                 return np.reshape(p, (1, *p.shape) + (1,) * (x.ndim - 1 - p.ndim))
@@ -103,15 +123,28 @@ def _batchnorm_op() -> type:
             else:
                 m, v = mean, var
             y = (x - per_channel(m)) / np.sqrt(per_channel(v) + eps)
-            y = (y * per_channel(scale) + per_channel(bias)).astype(x.dtype)
+            y = (y * per_channel(scale) + per_channel(bias)).astype(out_type)
             if not training or len(self.output) == 1:
                 return (y,)
             mom = 0.9 if momentum is None else momentum
-            run_mean = (mean * mom + m * (1 - mom)).astype(mean.dtype)
-            run_var = (var * mom + v * (1 - mom)).astype(var.dtype)
+            run_mean = (mean * mom + m * (1 - mom)).astype(stored_mean.dtype)
+            run_var = (var * mom + v * (1 - mom)).astype(stored_var.dtype)
             return (y, run_mean, run_var)[: len(self.output)]
 
     return BatchNormalization
+
+
+def _readable(model: onnx.ModelProto) -> None:
+    """BackendError naming the first tensor whose element type ONNX does not define (the
+    reference evaluator would fail on it with a bare KeyError)."""
+    from bnfold.model.proto import KNOWN_TYPES
+    from bnfold.model.reading import all_tensors
+
+    for tensor in all_tensors(model):
+        if tensor.data_type not in KNOWN_TYPES:
+            raise BackendError(
+                f"tensor '{tensor.name}' has unknown element type {tensor.data_type}"
+            )
 
 
 def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
@@ -122,11 +155,18 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
 
     try:
         model = onnx.load(path)
+        _readable(model)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         evaluator = ReferenceEvaluator(model, new_ops=_reference_ops(opset))
     except Exception as exc:  # the reference evaluator raises anything for unsupported models
         raise BackendError(first_line(exc)) from None
     outputs = output_names(model)
+    specs = input_specs(model)
+    for spec in specs:
+        if spec.elem_type not in NUMPY_TYPES and spec.elem_type != BFLOAT16:
+            raise BackendError(
+                f"input '{spec.name}' has element type {spec.elem_type}, which bnfold cannot feed"
+            )
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
@@ -134,4 +174,4 @@ def reference_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
         except Exception as exc:
             raise BackendError(first_line(exc)) from None
 
-    return input_specs(model), outputs, run
+    return specs, outputs, run

@@ -100,6 +100,9 @@ class VerifyReport:
     reason: str | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    #: The size unknown dims were run at when the original did not run at the default (the
+    #: shapes are in ``input_shapes``, the why in ``notes``; not a key of its own in the JSON)
+    enlarged: int | None = None
 
     @property
     def passed(self) -> bool:

@@ -75,6 +75,7 @@ def verify(
             "atol": atol,
             "output_tolerances": {k: list(v) for k, v in (output_tolerances or {}).items()},
             "cleanup": [str(p) for p in cleanup],
+            "timeout": limit,
         }
         notes: list[str] = []
         failures: list[str] = []
@@ -192,4 +193,5 @@ def _report(
         reason=reason,
         notes=tuple(notes + result.get("notes", [])),
         seconds=seconds,
+        enlarged=result.get("enlarged"),
     )

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from bnfold.errors import UsageError
-from bnfold.runtime.inputs import InputSpec, make_feeds
+from bnfold.runtime.inputs import InputSpec
 from bnfold.runtime.serve import BackendError, first_line, serve
 from bnfold.runtime.session import open_session, session_inputs
 from bnfold.verification.compare import Runner, compare_arrays, merge, tolerances_for
 from bnfold.verification.reference import reference_model
 from bnfold.verification.report import OutputComparison
+from bnfold.verification.samples import samples_for
 
 
 def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
@@ -85,32 +86,24 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     specs, outputs, run_a = load(request["original"])
     specs_b, outputs_b, run_b = load(request["candidate"])
     _same_interface(specs, specs_b, outputs, outputs_b)
-    feeds, shapes, notes = make_feeds(
-        specs,
-        input_shapes=request["input_shapes"] or None,
-        inputs=request["inputs"],
-        samples=request["samples"],
-        seed=request["seed"],
-    )
+    samples = samples_for(specs, run_a, request)
     merged: dict[str, OutputComparison] = {}
-    for feed in feeds:
-        try:
-            got_a = dict(zip(outputs, run_a(feed), strict=True))
-        except BackendError as exc:
-            if notes:
-                raise BackendError(f"{exc} [{'; '.join(notes)}]") from None
-            raise
+    for feed, ran in samples.runs:
+        got_a = dict(zip(outputs, ran, strict=True))
         got_b = dict(zip(outputs_b, run_b(feed), strict=True))
-        del feed  # one sample in memory: this one goes before the next is made
+        del feed, ran  # one sample in memory: this one goes before the next is made
         _compare_into(merged, outputs, got_a, got_b, request)
         del got_a, got_b
-    return {
+    result = {
         "status": "ok",
         "backend": request["backend"],
         "outputs": [asdict(merged[n]) for n in outputs],
-        "input_shapes": {k: list(v) for k, v in shapes.items()},
-        "notes": notes,
+        "input_shapes": {k: list(v) for k, v in samples.shapes.items()},
+        "notes": samples.notes,
     }
+    if samples.enlarged is not None:
+        result["enlarged"] = samples.enlarged
+    return result
 
 
 def main(argv: Sequence[str]) -> int:

@@ -6,6 +6,8 @@ A rule never returns "no" silently: it raises ``Skip`` with a reason code and a 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 
 from bnfold.model import proto
@@ -42,6 +44,17 @@ class Skip(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+@contextmanager
+def unreadable_as_skip() -> Iterator[None]:
+    """A constant the fold reads whose element type ONNX does not define (a damaged file, or a
+    type from a newer ONNX) becomes a Skip for this node: its values cannot be read, so it stays,
+    and the rest of the model folds as usual."""
+    try:
+        yield
+    except proto.UnknownElementType as exc:
+        raise Skip(Reason.UNSUPPORTED_DTYPE, f"{exc}, whose values bnfold cannot read") from None
 
 
 class Defer(Exception):
