@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from bnfold.cli.record import show_record
 from bnfold.cli.ui import escape
 from bnfold.cli.ui import table as _table
 
@@ -144,6 +145,7 @@ def render_one(o: Outcome, mode: Mode, ui: Ui) -> None:
     if o.result is None:
         return
     report = o.result.report
+    show_record(o, mode, ui)  # inspect, check: where a folded model came from
     if mode == "check":
         if o.status == "foldable":
             ui.show(lambda: decision_table(report, str(o.input)))

@@ -86,7 +86,9 @@ _VERIFICATION = _object(
         "outputs": {"type": "array", "items": {"$ref": "#/$defs/output"}},
         "notes": {"type": "array", "items": {"type": "string"}},
         "seconds": {"type": "number"},
-    }
+    },
+    backend_version=_STRING_OR_NULL,
+    providers={"type": "array", "items": {"type": "string"}},
 )
 
 _MODEL = _object(
@@ -110,7 +112,8 @@ _MODEL = _object(
         "error": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/error"}]},
         "report": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/report"}]},
         "verification": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/verification"}]},
-    }
+    },
+    record={"type": ["object", "null"]},
 )
 
 _HEADER = {
@@ -144,7 +147,20 @@ _VERIFY = _object(
         "original": {"type": "string"},
         "candidate": {"type": "string"},
         "verification": {"$ref": "#/$defs/verification"},
-    }
+    },
+    record={
+        "oneOf": [
+            {"type": "null"},
+            _object(
+                {
+                    "status": {"enum": ["match", "mismatch", "none"]},
+                    "recorded_sha256": _STRING_OR_NULL,
+                    "original_sha256": _STRING_OR_NULL,
+                    "detail": _STRING_OR_NULL,
+                }
+            ),
+        ]
+    },
 )
 
 _INTERVAL = {"type": "array", "items": _NUMBER_OR_NULL, "minItems": 2, "maxItems": 2}

@@ -100,6 +100,9 @@ class VerifyReport:
     reason: str | None = None
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    #: the release of the backend (onnxruntime or onnx) and the execution providers it ran on
+    backend_version: str | None = None
+    providers: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -113,6 +116,8 @@ class VerifyReport:
         return {
             "status": self.status,
             "backend": self.backend,
+            "backend_version": self.backend_version,
+            "providers": list(self.providers),
             "reason": self.reason,
             "samples": self.samples,
             "seed": self.seed,

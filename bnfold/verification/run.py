@@ -192,4 +192,6 @@ def _report(
         reason=reason,
         notes=tuple(notes + result.get("notes", [])),
         seconds=seconds,
+        backend_version=result.get("backend_version"),
+        providers=tuple(result.get("providers", ())),
     )
