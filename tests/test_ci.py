@@ -166,6 +166,25 @@ def test_github_annotations_and_step_summary(models: tuple[Path, Path], tmp_path
     assert code == 2 and "--format" in err
 
 
+def test_undecodable_file_names_do_not_break_the_reports(
+    models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    src, _ = models
+    name = os.fsdecode(b"bad\xff name.onnx")  # a lone surrogate in Python's view
+    try:
+        (tmp_path / name).write_bytes(src.read_bytes())
+    except (OSError, UnicodeError):
+        pytest.skip("the file system refuses names that are not UTF-8")
+    summary = tmp_path / "summary.md"
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}
+    junit = tmp_path / "j.xml"
+    code, _, _ = invoke("check", str(tmp_path / name), "--junit", str(junit), env=env)
+    assert code == 1
+    assert "bad\\udcff name.onnx" in summary.read_text()
+    case = ET.parse(junit).getroot().find("testsuite/testcase")
+    assert case is not None and (case.get("name") or "").endswith("bad\\udcff name.onnx")
+
+
 def test_workspace_paths_are_relative_in_annotations(
     models: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -152,7 +152,8 @@ def report_github(outcomes: Sequence[Outcome], mode: Mode, ui: Ui) -> None:
     summary = env.get("GITHUB_STEP_SUMMARY")
     if summary:
         try:
-            with open(summary, "a", encoding="utf-8") as f:
+            # an undecodable file name (a lone surrogate) is written as an escape, not a crash
+            with open(summary, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(step_summary(outcomes, mode))
         except OSError as exc:
             ui.warn(f"{summary}: cannot write the job summary ({exc.strerror or exc})")
@@ -166,7 +167,12 @@ _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 def xml_text(text: str) -> str:
     """``text`` as XML 1.0 can carry it: control characters and lone surrogates as escapes."""
-    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(text))
+    return _NOT_XML.sub(_escape_char, printable(text))
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    n = ord(match.group())
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
 
 
 def junit_xml(outcomes: Sequence[Outcome], mode: Mode) -> bytes:
