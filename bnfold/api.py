@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from bnfold import __version__
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.fold.engine import FoldEngine
 from bnfold.fold.report import FoldReport, FoldResult
 from bnfold.fold.rules import DEFAULT_RULES
 from bnfold.fold.rules.base import FoldRule
 from bnfold.model import proto
+from bnfold.model import record as fold_record
 from bnfold.model.reading import open_model_file, read_model
 from bnfold.model.staging import stage_model
 from bnfold.verification import run as verification
@@ -102,6 +105,9 @@ class FileFoldResult:
     #: bytes of the input (model file and external data) and of what was written
     size_before: int | None = None
     size_after: int | None = None
+    #: the fold record (``bnfold.model.record``) written into the output; for ``write=False``
+    #: (inspect, check), the one the model already carries; None when there is none
+    record: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +119,7 @@ class FileFoldResult:
             "size_after": self.size_after,
             "report": self.report.to_dict(),
             "verification": self.verification.to_dict() if self.verification else None,
+            "record": self.record,
         }
 
 
@@ -137,6 +144,7 @@ def fold_file(
     force: bool = False,
     rules: Sequence[FoldRule] = DEFAULT_RULES,
     create_folders: bool = False,
+    record: bool = True,
 ) -> FileFoldResult:
     """Fold the model file at ``path``, check the result with onnxruntime, and write it.
 
@@ -148,6 +156,13 @@ def fold_file(
     modified unless ``in_place``. ``create_folders`` creates the output's missing folders when
     the output is staged (after the fold: never for an input that is refused), and removes them
     again when nothing is written there (else a missing folder is an ``OutputError``).
+
+    The output carries a fold record (metadata key ``bnfold``: the source's sha256, the options,
+    what was folded, what verification proved; see ``bnfold.model.record``) unless ``record`` is
+    False. A model left unchanged keeps the record it has, so folding bnfold's own output gives
+    the same bytes; a model folded again gets a new record naming its predecessor. Without a
+    record, a record the input had is dropped when the model changed (it would describe another
+    model).
     """
     if _stopped is not None:
         raise SystemExit(_stopped)
@@ -169,14 +184,26 @@ def fold_file(
     size = _size(opened.files())
     engine = FoldEngine(model, rules, base_dir=src.parent, store=store)
     report = engine.run()
+    old = fold_record.read(model)
     if not write:
         return FileFoldResult(
-            input=src, output=None, report=report, status="inspected", size_before=size
+            input=src,
+            output=None,
+            report=report,
+            status="inspected",
+            size_before=size,
+            record=old,
         )
     if in_place and not report.changed:  # same bytes, same mtime: build tools see no change
         return FileFoldResult(
-            input=src, output=dst, report=report, status="unchanged", size_before=size
+            input=src, output=dst, report=report, status="unchanged", size_before=size, record=old
         )
+    # the source is hashed in a thread while the model is written and verified
+    digest = None
+    if record and (report.changed or old is None):
+        digest = fold_record.digest_in_background(src, opened.files())
+    elif not record and report.changed:
+        fold_record.put(model, None)  # it described the model before this fold
     staging = stage_model(
         model,
         dst,
@@ -212,8 +239,57 @@ def fold_file(
         )
         if refused and not force:
             raise VerificationFailed(_refusal(result), result=result)
+        written_record = old if record else None
+        if digest is not None:
+            previous = old if report.changed else None
+            written_record = _record(digest(), report, verification, rules, verify, force, previous)
+            fold_record.rewrite(staged.path, fold_record.encode(written_record))
         written = tuple(staged.commit())
-    return replace(result, written=written, size_after=_size(written))
+    return replace(result, written=written, size_after=_size(written), record=written_record)
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    """Whether a model's fold record names ``original`` as its source: "match", "mismatch", or
+    "none" (no record, or not one bnfold can read). ``recorded`` is the source sha256 in the
+    record, ``actual`` the original file's; ``detail`` says what else differs (external data)."""
+
+    status: Literal["match", "mismatch", "none"]
+    recorded: str | None = None
+    actual: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "recorded_sha256": self.recorded,
+            "original_sha256": self.actual,
+            "detail": self.detail or None,
+        }
+
+
+def check_record(
+    original: str | os.PathLike[str], candidate: str | os.PathLike[str]
+) -> RecordCheck:
+    """Compare the fold record of ``candidate`` with the file ``original`` (and its external
+    data): was the candidate folded from exactly this file? Reads the candidate's record without
+    its graph; hashes the original in full."""
+    record = fold_record.read_file(candidate)
+    source = record.get("source") if record is not None else None
+    if not isinstance(source, dict) or not isinstance(source.get("sha256"), str):
+        return RecordCheck("none")
+    opened = open_model_file(original)
+    actual = fold_record.source_digest(opened.path, opened.files())
+    listed = source.get("external_data")
+    recorded_data = [
+        e.get("sha256") if isinstance(e, dict) else None
+        for e in (listed if isinstance(listed, list) else [])
+    ]
+    detail = ""
+    if recorded_data != [e["sha256"] for e in actual["external_data"]]:
+        detail = " (and its external data differs)"
+    same = source["sha256"] == actual["sha256"] and not detail
+    return RecordCheck("match" if same else "mismatch", source["sha256"], actual["sha256"], detail)
 
 
 def verify_with(
@@ -240,6 +316,91 @@ def verify_with(
         scratch_dir=scratch_dir,
         cleanup=cleanup,
     )
+
+
+def _record(
+    source: dict[str, Any],
+    report: FoldReport,
+    verification: VerifyReport | None,
+    rules: Sequence[FoldRule],
+    verify: VerifyOptions | None,
+    force: bool,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The fold record of one written model: no paths, no times, only what the same input and
+    options reproduce."""
+    folded: dict[str, int] = {}
+    for d in report.decisions:
+        if d.folded:
+            folded[d.op] = folded.get(d.op, 0) + 1
+    options: dict[str, Any] = {
+        "rules": "default"
+        if tuple(rules) == tuple(DEFAULT_RULES)
+        else [type(r).__name__ for r in rules],
+        "force": force,
+        "verify": None,
+    }
+    if verify is not None:
+        inputs = fold_record.file_digest(Path(verify.inputs)) if verify.inputs else None
+        options["verify"] = {
+            "samples": verify.samples,
+            "seed": verify.seed,
+            "rtol": verify.rtol,
+            "atol": verify.atol,
+            "output_tolerances": {k: list(v) for k, v in (verify.output_tolerances or {}).items()},
+            "input_shapes": {k: list(v) for k, v in (verify.input_shapes or {}).items()},
+            "inputs_sha256": inputs["sha256"] if inputs else None,
+            "require_verified": verify.require_verified,
+        }
+    doc: dict[str, Any] = {
+        "record": fold_record.FORMAT,
+        "tool": "bnfold",
+        "version": __version__,
+        "source": source,
+        "options": options,
+        "folded": folded,
+        "kept": report.reasons(),
+        "nodes": {"before": report.nodes_before, "after": report.nodes_after},
+        "verification": _verification_record(verification, report),
+    }
+    before = previous.get("source") if previous else None
+    if previous is not None and isinstance(before, dict):
+        doc["previous"] = {"version": previous.get("version"), "source": before.get("sha256")}
+    return doc
+
+
+def _verification_record(v: VerifyReport | None, report: FoldReport) -> dict[str, Any]:
+    """What verification proved, in the record: never its free-text reasons (they may name
+    temporary files)."""
+    if v is None:
+        why = "nothing_folded" if not report.changed else "no_verify"
+        return {"status": "not_run", "why": why}
+    doc: dict[str, Any] = {
+        "status": v.status,
+        "backend": v.backend,
+        "backend_version": v.backend_version,
+        "providers": list(v.providers),
+        "samples": v.samples,
+        "seed": v.seed,
+        "input_shapes": v.input_shapes,
+        "outputs": len(v.outputs),
+    }
+    worst = v.worst(1)
+    if worst:
+        w = worst[0]
+        doc["worst"] = {
+            "output": w.name,
+            "max_abs": _rounded(w.max_abs),
+            "max_rel": _rounded(w.max_rel),
+            "rtol": w.rtol,
+            "atol": w.atol,
+        }
+    return doc
+
+
+def _rounded(x: float) -> float | None:
+    """Four significant digits (a summary, and steady across runs), None when not finite."""
+    return float(f"{x:.4g}") if math.isfinite(x) else None
 
 
 def _refusal(result: FileFoldResult) -> str:

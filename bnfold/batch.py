@@ -223,6 +223,7 @@ def run_task(
     verify: VerifyOptions | None,
     force: bool,
     in_place: bool,
+    record: bool = True,
 ) -> Outcome:
     """Process one model; user errors become an ``error`` outcome, bugs propagate."""
     try:
@@ -234,6 +235,7 @@ def run_task(
             verify=verify,
             force=force,
             create_folders=True,
+            record=record,
         )
     except VerificationFailed as exc:
         status = exc.result.status if exc.result is not None else "verification_failed"
@@ -277,13 +279,15 @@ def run_tasks(
     in_place: bool = False,
     jobs: int = 1,
     on_done: Callable[[int, Outcome], None] | None = None,
+    record: bool = True,
 ) -> list[Outcome]:
     """Run every task (``jobs`` processes in parallel); outcomes come back in task order.
 
-    ``on_done(index, outcome)`` is called as each task finishes (tasks start in order).
+    ``on_done(index, outcome)`` is called as each task finishes (tasks start in order);
+    ``record`` as for ``fold_file``.
     """
     outcomes: dict[int, Outcome] = {}
-    for i, outcome in _execute(tasks, mode, verify, force, in_place, jobs):
+    for i, outcome in _execute(tasks, mode, verify, force, in_place, jobs, record):
         outcomes[i] = outcome
         if on_done is not None:
             on_done(i, outcome)
@@ -297,16 +301,17 @@ def _execute(
     force: bool,
     in_place: bool,
     jobs: int,
+    record: bool,
 ) -> Iterator[tuple[int, Outcome]]:
     if jobs <= 1 or len(tasks) <= 1:
         for i, task in enumerate(tasks):
-            yield i, run_task(task, mode, verify, force, in_place)
+            yield i, run_task(task, mode, verify, force, in_place, record)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
         futures = {
-            pool.submit(run_task, task, mode, verify, force, in_place): i
+            pool.submit(run_task, task, mode, verify, force, in_place, record): i
             for i, task in enumerate(tasks)
         }
         for future in as_completed(futures):

@@ -23,6 +23,7 @@ _PARAMETERS = {
     "--require-verified": "require_verified",
     "--no-verify": "verify=None",
     "--force": "force",
+    "--no-record": "record=False",
     "--input-shape": "input_shapes",
     "--inputs": "inputs",
     "--samples": "samples",

@@ -429,6 +429,5 @@ def test_readme_documents_exit_4_and_the_gpu_install() -> None:
     line = next(x for x in readme.splitlines() if x.startswith("pip install --no-deps . && "))
     named = shlex.split(line.split("&&", 1)[1])[2:]
     assert sorted(named) == sorted(d for d in deps if not d.startswith("onnxruntime"))
-    assert (ROOT / "action.yml").is_file() and "bnfold check --json" in (
-        ROOT / "action.yml"
-    ).read_text()
+    assert "action/steps.sh" in (ROOT / "action.yml").read_text()  # tests/test_action.py
+    assert '"$mode" --json' in (ROOT / "action" / "steps.sh").read_text()

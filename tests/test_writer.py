@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from bnfold import fold_file, fold_model
+from bnfold.model import record as fold_record
 from bnfold.model.graph import ModelIndex
 from bnfold.model.reading import open_model_file, uses_external_data
 from bnfold.model.wire import MIN_LAZY_BYTES
@@ -103,11 +104,18 @@ def test_fold_file_writes_what_folding_the_loaded_model_gives(tmp_path: Path) ->
     src = tmp_path / "m.onnx"
     src.write_bytes(model.SerializeToString())
     before = src.read_bytes()
-    result = fold_file(src, tmp_path / "f.onnx", verify=None)
-    assert result.report.folded == 1
-    expected = fold_model(model).model.SerializeToString()
-    assert (tmp_path / "f.onnx").read_bytes() == expected
+    result = fold_file(src, tmp_path / "f.onnx", verify=None, record=False)
+    assert result.report.folded == 1 and result.record is None
+    expected = fold_model(model).model
+    assert (tmp_path / "f.onnx").read_bytes() == expected.SerializeToString()
     assert src.read_bytes() == before
+    # with the record (after the graph, before the model's local functions): the same model
+    # with one more metadata entry, as protobuf itself would write it
+    recorded = fold_file(src, tmp_path / "r.onnx", verify=None)
+    assert recorded.record is not None
+    fold_record.put(expected, fold_record.encode(recorded.record))
+    assert [p.key for p in expected.metadata_props][-1] == "bnfold" and expected.functions
+    assert (tmp_path / "r.onnx").read_bytes() == expected.SerializeToString()
 
 
 def test_external_layout_aligns_large_tensors_and_round_trips(tmp_path: Path) -> None:

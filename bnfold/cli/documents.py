@@ -14,6 +14,7 @@ from bnfold import __version__
 from bnfold.fold.report import KINDS
 
 if TYPE_CHECKING:
+    from bnfold.api import RecordCheck
     from bnfold.batch import Outcome
     from bnfold.fold.report import FoldReport
     from bnfold.verification.report import VerifyReport
@@ -52,14 +53,20 @@ def batch_document(command: str, outcomes: Sequence[Outcome], exit_code: int) ->
 
 
 def verify_document(
-    original: str, candidate: str, report: VerifyReport, exit_code: int
+    original: str,
+    candidate: str,
+    report: VerifyReport,
+    exit_code: int,
+    record: RecordCheck | None = None,
 ) -> dict[str, Any]:
-    """``verify``: the two models and the comparison."""
+    """``verify``: the two models, the comparison, and the candidate's fold record checked
+    against the original file."""
     return {
         **header("verify", exit_code),
         "original": original,
         "candidate": candidate,
         "verification": report.to_dict(),
+        "record": record.to_dict() if record is not None else None,
     }
 
 

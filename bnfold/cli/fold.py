@@ -24,6 +24,20 @@ MODELS_ARG = typer.Argument(
     readable=False,
 )
 
+FORMAT_OPT = typer.Option(
+    "auto",
+    "--format",
+    metavar="auto|text|github",
+    help="github: one ::error annotation per failing model, and a table appended to "
+    "$GITHUB_STEP_SUMMARY; auto: github when GITHUB_ACTIONS=true.",
+)
+JUNIT_OPT = typer.Option(
+    None,
+    "--junit",
+    metavar="FILE",
+    help="Also write JUnit XML: one testcase per model, a failure for each that fails.",
+)
+
 
 def register(app: typer.Typer) -> None:
     """Add ``fold`` to ``app``."""
@@ -44,6 +58,14 @@ def register(app: typer.Typer) -> None:
         ),
         force: bool = typer.Option(False, "--force", help="Write even when verification fails."),
         jobs: int = typer.Option(1, "-j", "--jobs", min=1, help="Models processed in parallel."),
+        no_record: bool = typer.Option(
+            False,
+            "--no-record",
+            help="Write no fold record (metadata key 'bnfold': source sha256, options, "
+            "verification) into the output.",
+        ),
+        fmt: str = FORMAT_OPT,
+        junit: Path | None = JUNIT_OPT,
         *,
         ui: Ui,
         verify: VerifyOptions | None,
@@ -64,4 +86,7 @@ def register(app: typer.Typer) -> None:
             verify=verify,
             force=force,
             jobs=jobs,
+            record=not no_record,
+            fmt=fmt,
+            junit=junit,
         )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bnfold.cli.decisions import decisions
+from bnfold.cli.record import show_record
 from bnfold.cli.ui import escape, shorten
 from bnfold.cli.ui import table as _table
 from bnfold.fold.report import KIND_NAMES
@@ -179,6 +180,7 @@ def render_one(o: Outcome, mode: Mode, ui: Ui) -> None:
     result = o.result
     report = result.report
     name = str(o.input)
+    show_record(o, mode, ui)  # inspect, check: where a folded model came from
     if mode == "check":
         if o.status == "foldable":
             decisions(ui, report.gated(), f"{name}: still foldable", group=True)

@@ -94,7 +94,9 @@ _VERIFICATION = _object(
         "outputs": {"type": "array", "items": {"$ref": "#/$defs/output"}},
         "notes": {"type": "array", "items": {"type": "string"}},
         "seconds": {"type": "number"},
-    }
+    },
+    backend_version=_STRING_OR_NULL,
+    providers={"type": "array", "items": {"type": "string"}},
 )
 
 _MODEL = _object(
@@ -121,6 +123,7 @@ _MODEL = _object(
     },
     size_before={"type": ["integer", "null"], "minimum": 0},
     size_after={"type": ["integer", "null"], "minimum": 0},
+    record={"type": ["object", "null"]},
 )
 
 _HEADER = {
@@ -156,7 +159,20 @@ _VERIFY = _object(
         "original": {"type": "string"},
         "candidate": {"type": "string"},
         "verification": {"$ref": "#/$defs/verification"},
-    }
+    },
+    record={
+        "oneOf": [
+            {"type": "null"},
+            _object(
+                {
+                    "status": {"enum": ["match", "mismatch", "none"]},
+                    "recorded_sha256": _STRING_OR_NULL,
+                    "original_sha256": _STRING_OR_NULL,
+                    "detail": _STRING_OR_NULL,
+                }
+            ),
+        ]
+    },
 )
 
 _INTERVAL = {"type": "array", "items": _NUMBER_OR_NULL, "minItems": 2, "maxItems": 2}

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 #: Characters that a terminal acts on instead of showing: C0 controls (escape sequences start
-#: with ESC), DEL, C1 controls, and the bidirectional overrides that reorder what is shown.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: with ESC), DEL, C1 controls, and the bidirectional overrides that reorder what is shown; and
+#: lone surrogates (a file name that is not UTF-8), which no stream can encode.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _code_point(match: re.Match[str]) -> str:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from bnfold.cli.options import VerifyGroup, command
+from bnfold.cli.record import record_check_line
 from bnfold.cli.render import comparison_table, verification_line
 from bnfold.cli.ui import Ui, escape
 from bnfold.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK
@@ -33,20 +34,30 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         """Run two models with the same inputs and outputs and compare every output.
 
-        Exit 0 when all outputs match, 1 when one differs, 3 when neither onnxruntime nor
+        When CANDIDATE carries a fold record, its source sha256 is checked against ORIGINAL
+        too. Exit 0 when all outputs match (and the record, if any, names ORIGINAL), 1 when
+        one differs or the record names another source file, 3 when neither onnxruntime nor
         onnx.reference can run the models.
         """
-        from bnfold.api import verify_with
+        from bnfold.api import check_record, verify_with
         from bnfold.cli.documents import verify_document
 
         report = verify_with(original, candidate, verify)
         code = {"passed": EXIT_OK, "failed": EXIT_FAILED}.get(report.status, EXIT_INPUT)
-        ui.emit(verify_document(str(original), str(candidate), report, code))
+        record = check_record(original, candidate)
+        if record.status == "mismatch" and code == EXIT_OK:
+            code = EXIT_FAILED  # same outputs, but not the file it claims to be folded from
+        ui.emit(verify_document(str(original), str(candidate), report, code, record))
         if report.status == "unverified":
             ui.error(f"{original} vs {candidate}: could not run the models ({report.reason})")
         else:
             ui.show(lambda: comparison_table(report, f"{original} vs {candidate}"))
             ui.say(verification_line(report))
+        line = record_check_line(record, str(original), str(candidate))
+        if record.status == "mismatch":
+            ui.error(line)
+        else:
+            ui.say(escape(line))
         for note in report.notes:
             ui.say(f"note: {escape(note)}")
         return code

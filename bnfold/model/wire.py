@@ -174,3 +174,23 @@ def open_model(path: str | os.PathLike[str]) -> tuple[proto.ModelProto, list[Sli
     model = proto.ModelProto()
     model.ParseFromString(bytes(out))
     return model, slices
+
+
+def model_tail(path: str | os.PathLike[str]) -> tuple[int, bytes]:
+    """Where the top-level fields after the graph start in the model file at ``path``, and their
+    bytes: metadata_props (field 14), training_info, functions and fields unknown to this onnx.
+
+    A file written in field-number order (protobuf's own serializer and ``bnfold.model.writer``
+    both write one) ends with them, so they can be rewritten without reading the graph again.
+    Raises WireError when the file is not a protobuf message.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        buf = memoryview(mapped)
+        try:
+            fields = _fields(buf, 0, len(buf))
+            after_graph = [f[4] for f in fields if f[0] == _MODEL_GRAPH and f[1] == 2]
+            later = [f[2] for f in fields if f[0] > _MODEL_GRAPH]
+            start = after_graph[-1] if after_graph else min(later, default=len(buf))
+            return start, bytes(buf[start:])
+        finally:
+            buf.release()

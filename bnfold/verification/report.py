@@ -103,6 +103,9 @@ class VerifyReport:
     #: The size unknown dims were run at when the original did not run at the default (the
     #: shapes are in ``input_shapes``, the why in ``notes``; not a key of its own in the JSON)
     enlarged: int | None = None
+    #: the release of the backend (onnxruntime or onnx) and the execution providers it ran on
+    backend_version: str | None = None
+    providers: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -116,6 +119,8 @@ class VerifyReport:
         return {
             "status": self.status,
             "backend": self.backend,
+            "backend_version": self.backend_version,
+            "providers": list(self.providers),
             "reason": self.reason,
             "samples": self.samples,
             "seed": self.seed,

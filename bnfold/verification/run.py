@@ -194,4 +194,6 @@ def _report(
         notes=tuple(notes + result.get("notes", [])),
         seconds=seconds,
         enlarged=result.get("enlarged"),
+        backend_version=result.get("backend_version"),
+        providers=tuple(result.get("providers", ())),
     )

@@ -26,10 +26,13 @@ from bnfold.verification.reference import reference_model
 from bnfold.verification.report import OutputComparison
 from bnfold.verification.samples import samples_for
 
+#: The execution providers verification runs onnxruntime on (recorded in the fold record).
+PROVIDERS = ("CPUExecutionProvider",)
+
 
 def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
     """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written."""
-    session = open_session(path)
+    session = open_session(path, provider=PROVIDERS[0])
     specs, outputs = session_inputs(session), [o.name for o in session.get_outputs()]
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -97,6 +100,7 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     result = {
         "status": "ok",
         "backend": request["backend"],
+        **_backend_identity(request["backend"]),
         "outputs": [asdict(merged[n]) for n in outputs],
         "input_shapes": {k: list(v) for k, v in samples.shapes.items()},
         "notes": samples.notes,
@@ -104,6 +108,17 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
     if samples.enlarged is not None:
         result["enlarged"] = samples.enlarged
     return result
+
+
+def _backend_identity(backend: str) -> dict[str, Any]:
+    """Which runtime, which release and which providers computed the outputs."""
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        return {"backend_version": onnxruntime.__version__, "providers": list(PROVIDERS)}
+    import onnx
+
+    return {"backend_version": onnx.__version__, "providers": []}
 
 
 def main(argv: Sequence[str]) -> int:
