@@ -35,6 +35,8 @@ from bnfold.numerics import arith as numerics
 
 #: Suffix of the names a fold gives the tensors it creates (made unique model-wide).
 SUFFIX = "_bnfolded"
+#: Element types stored two to a byte.
+PACKED = frozenset({proto.TensorProto.INT4, proto.TensorProto.UINT4})
 
 
 @dataclass
@@ -136,11 +138,18 @@ class FoldState:
         pending.deletes.setdefault(scope.path, []).extend([*chain.through, bn])
 
     def rewrite(
-        self, scope: Scope, layer: proto.NodeProto, plan: FoldPlan, pending: Pending
+        self,
+        scope: Scope,
+        layer: proto.NodeProto,
+        plan: FoldPlan,
+        pending: Pending,
+        *,
+        fresh: bool = False,
     ) -> None:
-        """Give ``layer`` the plan's new weights, op type and attributes."""
+        """Give ``layer`` the plan's new weights, op type and attributes (``fresh``: a node this
+        fold made, whose inputs are still read by the node it copies)."""
         for update in plan.updates:
-            self.write_input(scope, layer, update, pending)
+            self.write_input(scope, layer, update, pending, fresh=fresh)
         if self.store is not None:  # the weights it read are folded: let the OS have them back
             self.store.release_pages()
         if plan.op_type:
@@ -151,15 +160,25 @@ class FoldState:
             set_attr(layer, attr, value)
 
     def write_input(
-        self, scope: Scope, node: proto.NodeProto, update: TensorUpdate, pending: Pending
+        self,
+        scope: Scope,
+        node: proto.NodeProto,
+        update: TensorUpdate,
+        pending: Pending,
+        *,
+        fresh: bool = False,
     ) -> None:
         """Put new values into input ``update.input_index``: in place when only ``node`` reads the
-        old constant, otherwise under a new unique name (shared weights are never edited)."""
+        old constant, otherwise under a new unique name (shared weights are never edited).
+
+        4-bit integers (a zero point made per channel) always get a new tensor of their own,
+        packed two to a byte, outside the store: the store holds arrays byte for byte."""
         idx = update.input_index
         old = node.input[idx] if idx < len(node.input) else ""
-        if old:
+        packed = update.elem_type in PACKED
+        if old and not fresh:
             const = scope.constant(old)
-            if scope.is_exclusive(const, node):
+            if not packed and scope.is_exclusive(const, node):
                 if const.tensor is not None and const.node is None and self.holds(scope):
                     self.hold(const.tensor, update)
                 elif const.tensor is not None and const.node is None:
@@ -174,7 +193,7 @@ class FoldState:
                 return
             self.released.constants[(const.scope.path, old)] = None
         name = self.names.new(_safe_name(update.name_hint) + SUFFIX)
-        if self.holds(scope):
+        if self.holds(scope) and not packed:
             tensor = proto.TensorProto(name=name)
             self.hold(tensor, update)
         else:
@@ -188,6 +207,37 @@ class FoldState:
         while len(node.input) <= idx:
             node.input.append("")
         node.input[idx] = name
+
+    def rewrite_copy(
+        self,
+        scope: Scope,
+        node: proto.NodeProto,
+        reader: proto.NodeProto,
+        plan: FoldPlan,
+        pending: Pending,
+    ) -> None:
+        """Give ``reader`` a copy of ``node`` (which other nodes read too, or which is in a graph
+        around ``reader``'s) with the plan applied; ``node`` stays as it is for the others."""
+        copy = proto.NodeProto()
+        copy.CopyFrom(node)
+        out = self.names.new(_safe_name(node.output[0]) + SUFFIX)
+        copy.output[0] = out
+        copy.name = out
+        for i, name in enumerate(reader.input):
+            if name == node.output[0]:
+                reader.input[i] = out
+        where: Scope | None = scope  # the graph it is in: the last copy may leave it unread
+        while where is not None and where.producer_of(node.output[0]) is not node:
+            where = where.parent
+        if where is not None:
+            self.released.constants[(where.path, node.output[0])] = None
+        inserts = pending.inserts.setdefault(scope.path, [])
+        first = len(inserts)
+        self.rewrite(scope, copy, plan, pending, fresh=True)
+        made = [new for _, new in inserts[first:]]  # Constant nodes, in a function body
+        del inserts[first:]
+        # inserted at one place in this order, they end up reversed: the Constants, the copy
+        inserts.extend([(reader, copy), *((reader, new) for new in made)])
 
     def add_after(
         self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending

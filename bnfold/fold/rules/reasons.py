@@ -32,6 +32,8 @@ class Reason(str, Enum):
     NON_FINITE = "non_finite"
     PADDED_CONV = "padded_conv"
     UNKNOWN_SHAPE = "unknown_shape"
+    QUANTIZED_WEIGHT = "quantized_weight"
+    QUANTIZED_ACTIVATION = "quantized_activation"
 
 
 class Skip(Exception):
