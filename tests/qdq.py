@@ -20,6 +20,7 @@ INTEGER = {
     "uint8": (np.uint8, 0, 255),
     "int16": (np.int16, -32768, 32767),
     "uint16": (np.uint16, 0, 65535),
+    "int32": (np.int32, -(2**20), 2**20),
     "int4": (ml_dtypes.int4, -8, 7),
     "uint4": (ml_dtypes.uint4, 0, 15),
 }

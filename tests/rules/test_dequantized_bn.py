@@ -90,6 +90,7 @@ FORMS = [
     ("uint8", "tensor", True),
     ("int8", "tensor", False),
     ("int16", "axis", True),
+    ("int32", "tensor", False),
     ("int4", "axis", True),
     ("uint4", "tensor", True),
     ("uint4", "block", True),
