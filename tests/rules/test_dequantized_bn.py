@@ -448,3 +448,20 @@ def test_dequantize_in_the_graph_around_a_subgraph() -> None:
         np.testing.assert_allclose(
             run_ort(result.model, feeds)[0], run_ort(model, feeds)[0], rtol=1e-4, atol=1e-5
         )
+
+
+def test_malformed_dequantize_is_refused_not_a_crash() -> None:
+    """A model file is untrusted: a zero point whose shape is not the scale's, or an axis that
+    is not an integer, is a refusal with a reason, not a traceback."""
+    rng = np.random.default_rng(21)
+    wq = quantized_weight(rng, LAYERS["conv"][0], qtype="uint8", axis=None)
+    model = qdq_layer_model("conv", wq)
+    for t in model.graph.initializer:
+        if t.name == "w_zp":
+            t.CopyFrom(tensor("w_zp", np.arange(3, dtype=np.uint8)))
+    refused(model, "shape_mismatch", "zero point of shape [3]")
+    model = qdq_layer_model("conv", quantized_weight(rng, LAYERS["conv"][0], axis=0))
+    dq = model.graph.node[0]
+    del dq.attribute[:]
+    dq.attribute.append(helper.make_attribute("axis", "zero"))
+    refused(model, "shape_mismatch", "'axis' attribute that is not an integer")

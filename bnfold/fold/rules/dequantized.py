@@ -106,6 +106,12 @@ class Dequantized:
                 )
             updates = [self._new_scale(s)]  # [C]: the one scale times each s[c]
             zp = self._zero_point()
+            if zp is not None and zp.shape != self.scale.shape:
+                raise Skip(
+                    Reason.SHAPE_MISMATCH,
+                    f"{describe(dq)} has a zero point of shape {list(zp.shape)} and a scale of "
+                    f"shape {list(self.scale.shape)}",
+                )
             if zp is not None:
                 repeated = np.ascontiguousarray(np.broadcast_to(zp.array().reshape(()), s.shape))
                 updates.append(TensorUpdate(2, repeated, zp.elem_type, zp.name))
@@ -181,8 +187,8 @@ def _form(w: Dequantized) -> tuple[str, int, int]:
     or Skip(shape_mismatch) when its shape fits none."""
     dq, shape, sshape = w.node, w.shape, w.scale.shape
     rank = len(shape)
-    block = int(get_attr(dq, "block_size", 0))
-    axis = int(get_attr(dq, "axis", 1))
+    block = _int_attr(dq, "block_size", 0)
+    axis = _int_attr(dq, "axis", 1)
     axis = axis + rank if axis < 0 else axis
     if block == 0 and len(sshape) <= 1 and int(np.prod(sshape, dtype=np.int64)) == 1:
         return "per-tensor", axis, 0
@@ -196,6 +202,16 @@ def _form(w: Dequantized) -> tuple[str, int, int]:
         Reason.SHAPE_MISMATCH,
         f"{describe(dq)} has a scale of shape {list(sshape)} for a weight of shape "
         f"{list(shape)} (axis {axis}, block_size {block})",
+    )
+
+
+def _int_attr(node: proto.NodeProto, name: str, default: int) -> int:
+    """An integer attribute, or Skip when a (hostile) model gives it another type."""
+    value = get_attr(node, name, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise Skip(
+        Reason.SHAPE_MISMATCH, f"{describe(node)} has a '{name}' attribute that is not an integer"
     )
 
 
@@ -242,7 +258,7 @@ def find(scope: Scope, layer: proto.NodeProto, index: int, label: str) -> Dequan
             f"{describe(dq)} dequantizes a {numerics.dtype_name(q.elem_type)} weight; only "
             "integer weights (int4 to int32) are folded through their scale",
         )
-    output_dtype = int(get_attr(dq, "output_dtype", 0))
+    output_dtype = _int_attr(dq, "output_dtype", 0)
     if scale.elem_type not in SMALLEST_NORMAL or output_dtype not in (0, scale.elem_type):
         out = f" and output_dtype {numerics.dtype_name(output_dtype)}" if output_dtype else ""
         raise Skip(
