@@ -214,6 +214,28 @@ def declared_shape_conflict() -> onnx.ModelProto:
     return make_model(nodes, [a], [y], inits, value_info=[lie])
 
 
+def quantized_weight() -> onnx.ModelProto:
+    """The weight's DequantizeLinear scales its input channels (axis 1): no factor per output
+    channel fits such a scale."""
+    q = RNG.integers(-128, 128, W.shape).astype(np.int8)
+    dq = helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"], name="dq", axis=1)
+    m = base([dq, conv(), bn_node("c", "y", "bn")], weight=False)
+    m.graph.initializer.extend([tensor("wq", q), tensor("ws", np.full(3, 0.01, np.float32))])
+    return m
+
+
+def quantized_activation() -> onnx.ModelProto:
+    """Conv -> QuantizeLinear -> DequantizeLinear -> BN: what quantize_static makes of a model
+    that was not folded first."""
+    q = helper.make_node("QuantizeLinear", ["c", "s", "zp"], ["cq"], name="q")
+    dq = helper.make_node("DequantizeLinear", ["cq", "s", "zp"], ["cd"], name="dq")
+    m = base([conv(), q, dq, bn_node("cd", "y", "bn")])
+    m.graph.initializer.extend(
+        [tensor("s", np.array(0.05, np.float32)), tensor("zp", np.array(128, np.uint8))]
+    )
+    return m
+
+
 CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "training_mode": (training_mode, Reason.TRAINING_MODE),
     "extra_outputs": (extra_outputs, Reason.EXTRA_OUTPUTS),
@@ -238,6 +260,8 @@ CASES: dict[str, tuple[Callable[[], onnx.ModelProto], Reason]] = {
     "padded_conv": (padded_conv, Reason.PADDED_CONV),
     "unknown_shape": (unknown_shape, Reason.UNKNOWN_SHAPE),
     "declared_shape_conflict": (declared_shape_conflict, Reason.DECLARED_SHAPE_CONFLICT),
+    "quantized_weight": (quantized_weight, Reason.QUANTIZED_WEIGHT),
+    "quantized_activation": (quantized_activation, Reason.QUANTIZED_ACTIVATION),
 }
 
 

@@ -12,7 +12,7 @@ cannot fold for a reason that is not about the BN itself is handed, there and th
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from bnfold.fold.decisions import decide
 from bnfold.fold.driver import NodeKey, PassResult
@@ -24,7 +24,7 @@ from bnfold.fold.rules.plan import FoldPlan
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, unreadable_as_skip
 from bnfold.fold.state import FoldState, Pending, node_key
 from bnfold.model import proto
-from bnfold.model.graph import ModelIndex, Scope, is_op
+from bnfold.model.graph import Constant, ModelIndex, Scope, is_op
 
 #: Evaluated constants (bytes) in a pass past which the pass's garbage is collected at its end.
 _COLLECT_AFTER = 64 << 20
@@ -39,6 +39,10 @@ BN_ITSELF = frozenset(
         Reason.FUNCTION_ATTRIBUTE,
     }
 )
+
+#: Reasons for which no layer after the BN is tried either: a BN after a quantized activation
+#: stays as the quantized model has it (the message says to fold before quantizing).
+NOT_FORWARD = BN_ITSELF | {Reason.QUANTIZED_ACTIVATION}
 
 
 class BackwardFold:
@@ -109,15 +113,10 @@ class BackwardFold:
         except Skip as skip:
             layer = chain.producer if chain else None
             decision = decide(scope, bn_node, skip.reason, skip.message, layer=layer, chain=chain)
-            if skip.reason in BN_ITSELF:
+            if skip.reason in NOT_FORWARD:
                 return decision
             return self.forward.settle(scope, bn_node, decision, skip, dirty, pending)
-        if state.apply(scope, bn_node, chain, plan, pending):
-            refreshed.add(id(chain.producer))
-        dirty.update(id(n) for n in (bn_node, chain.producer, *chain.through))
-        for branch, branch_plan in plan.branches:
-            _apply_branch(state, scope, branch, branch_plan, pending)
-            dirty.update(id(n) for n in (branch.producer, *branch.through))
+        _apply(state, scope, bn_node, chain, plan, pending, dirty, refreshed)
         via = (
             " through " + " and ".join(n.op_type for n in reversed(chain.through))
             if chain.through
@@ -177,9 +176,7 @@ class BackwardFold:
             return decide(
                 scope, node, skip.reason, skip.message, layer=producer, chain=chain, data_input=x
             )
-        if state.apply(scope, node, chain, plan, pending, params=scale.params):
-            refreshed.add(id(chain.producer))
-        dirty.update(id(n) for n in (node, chain.producer, *chain.through))
+        _apply(state, scope, node, chain, plan, pending, dirty, refreshed, params=scale.params)
         target = chain.producer.name or chain.producer.output[0]
         verb = "scale" if node.op_type == "Mul" else "shift"
         message = f"per-channel {verb} folded into {chain.producer.op_type} '{target}'"
@@ -188,12 +185,45 @@ class BackwardFold:
         )
 
 
+def _apply(
+    state: FoldState,
+    scope: Scope,
+    node: proto.NodeProto,
+    chain: Chain,
+    plan: FoldPlan,
+    pending: Pending,
+    dirty: set[int],
+    refreshed: set[int],
+    params: Sequence[Constant] | None = None,
+) -> None:
+    """Apply a plan for ``node`` (a BN or scale Mul/Add) and every branch in it, however deep (a
+    Concat's layers, the DequantizeLinear of a layer's weight), and mark what changed (and, in
+    ``refreshed``, a layer the snapshot was brought up to date for: see ``FoldState.apply``)."""
+    if state.apply(scope, node, chain, plan, pending, params=params):
+        refreshed.add(id(chain.producer))
+    dirty.update(id(n) for n in (node, chain.producer, *chain.through))
+    for branch, branch_plan in _branches(plan):
+        _apply_branch(state, scope, branch, branch_plan, pending)
+        dirty.update(id(n) for n in (branch.producer, *branch.through))
+
+
+def _branches(plan: FoldPlan) -> Iterator[tuple[Chain, FoldPlan]]:
+    """The plan's branches, each followed by its own, depth first."""
+    for branch, branch_plan in plan.branches:
+        yield branch, branch_plan
+        yield from _branches(branch_plan)
+
+
 def _apply_branch(
     state: FoldState, scope: Scope, branch: Chain, plan: FoldPlan, pending: Pending
 ) -> None:
-    """Rewrite one layer feeding a Concat with its plan; the Identity/Add nodes between it and
+    """Rewrite one layer feeding a Concat with its plan (or the DequantizeLinear of a layer's
+    weight, or the private copy of it the plan asks for); the Identity/Add nodes between it and
     the Concat go, and the layer writes the value the Concat reads."""
     layer = branch.producer
+    if plan.private_for is not None:
+        state.rewrite_copy(scope, layer, plan.private_for, plan, pending)
+        return
     state.rewrite(scope, layer, plan, pending)
     if plan.add_after is not None:
         state.add_after(scope, layer, plan.add_after, pending)

@@ -75,7 +75,10 @@ class Cleanup:
 
 
 def _removable(scope: Scope, node: proto.NodeProto, readers_left: dict[str, int]) -> bool:
-    """A node that only makes a constant, with no reader left for any output: safe to delete."""
-    if not (is_op(node, "Constant") or (node.op_type in EVALUATORS and is_op(node, node.op_type))):
+    """A node that only makes a constant, with no reader left for any output: safe to delete.
+    (A DequantizeLinear too: one is released only when the layers that read its weight got their
+    own copies of it.)"""
+    makes_constant = node.op_type in (*EVALUATORS, "DequantizeLinear") and is_op(node, node.op_type)
+    if not (is_op(node, "Constant") or makes_constant):
         return False
     return all(readers_left[o] <= 0 and o not in scope.output_set for o in readers_left)

@@ -35,6 +35,8 @@ from bnfold.numerics import arith as numerics
 
 #: Suffix of the names a fold gives the tensors it creates (made unique model-wide).
 SUFFIX = "_bnfolded"
+#: Element types stored two to a byte.
+PACKED = frozenset({proto.TensorProto.INT4, proto.TensorProto.UINT4})
 
 
 @dataclass
@@ -170,13 +172,20 @@ class FoldState:
         return True
 
     def rewrite(
-        self, scope: Scope, layer: proto.NodeProto, plan: FoldPlan, pending: Pending
+        self,
+        scope: Scope,
+        layer: proto.NodeProto,
+        plan: FoldPlan,
+        pending: Pending,
+        *,
+        fresh: bool = False,
     ) -> list[proto.TensorProto | proto.NodeProto]:
-        """Give ``layer`` the plan's new weights, op type and attributes; returns the
-        constants it made (for tensors it could not change in place; see ``write_input``)."""
+        """Give ``layer`` the plan's new weights, op type and attributes (``fresh``: a node this
+        fold made, whose inputs are still read by the node it copies); returns the constants it
+        made (for tensors it could not change in place; see ``write_input``)."""
         created: list[proto.TensorProto | proto.NodeProto] = []
         for update in plan.updates:
-            tensor = self.write_input(scope, layer, update, pending)
+            tensor = self.write_input(scope, layer, update, pending, fresh=fresh)
             if tensor is not None:
                 created.append(tensor)
         if self.store is not None:  # the weights it read are folded: let the OS have them back
@@ -190,17 +199,28 @@ class FoldState:
         return created
 
     def write_input(
-        self, scope: Scope, node: proto.NodeProto, update: TensorUpdate, pending: Pending
+        self,
+        scope: Scope,
+        node: proto.NodeProto,
+        update: TensorUpdate,
+        pending: Pending,
+        *,
+        fresh: bool = False,
     ) -> proto.TensorProto | proto.NodeProto | None:
         """Put new values into input ``update.input_index``: in place when only ``node`` reads the
         old constant, otherwise under a new unique name (shared weights are never edited).
         Returns the constant it made, if any: the new initializer as the graph holds it, or
-        the new Constant node of a function body (inserted when the pass ends)."""
+        the new Constant node of a function body (inserted when the pass ends).
+
+        4-bit integers (a zero point made per channel) always get a new tensor of their own,
+        packed two to a byte, outside the store: the store holds arrays byte for byte."""
         idx = update.input_index
         old = node.input[idx] if idx < len(node.input) else ""
-        if old:
+        packed = update.elem_type in PACKED
+        if old and not fresh:
             const = scope.constant(old)
-            if scope.is_exclusive(const, node) or self._threaded_for(scope, const, node):
+            exclusive = scope.is_exclusive(const, node) or self._threaded_for(scope, const, node)
+            if not packed and exclusive:
                 if const.tensor is not None and const.node is None and self.holds(const.scope):
                     self.hold(const.tensor, update)
                 elif const.tensor is not None and const.node is None:
@@ -224,7 +244,7 @@ class FoldState:
         # calls, which pass it in as a new input
         bound = self.bound.get(scope.path) if scope.function is not None else None
         home = bound.caller if bound is not None else scope
-        if self.holds(home):
+        if self.holds(home) and not packed:
             tensor = proto.TensorProto(name=name)
             self.hold(tensor, update)
         else:
@@ -257,6 +277,37 @@ class FoldState:
             and scope.uses(const.name) == 1
             and list(node.input).count(const.name) == 1
         )
+
+    def rewrite_copy(
+        self,
+        scope: Scope,
+        node: proto.NodeProto,
+        reader: proto.NodeProto,
+        plan: FoldPlan,
+        pending: Pending,
+    ) -> None:
+        """Give ``reader`` a copy of ``node`` (which other nodes read too, or which is in a graph
+        around ``reader``'s) with the plan applied; ``node`` stays as it is for the others."""
+        copy = proto.NodeProto()
+        copy.CopyFrom(node)
+        out = self.names.new(_safe_name(node.output[0]) + SUFFIX)
+        copy.output[0] = out
+        copy.name = out
+        for i, name in enumerate(reader.input):
+            if name == node.output[0]:
+                reader.input[i] = out
+        where: Scope | None = scope  # the graph it is in: the last copy may leave it unread
+        while where is not None and where.producer_of(node.output[0]) is not node:
+            where = where.parent
+        if where is not None:
+            self.released.constants[(where.path, node.output[0])] = None
+        inserts = pending.inserts.setdefault(scope.path, [])
+        first = len(inserts)
+        self.rewrite(scope, copy, plan, pending, fresh=True)
+        made = [new for _, new in inserts[first:]]  # Constant nodes, in a function body
+        del inserts[first:]
+        # inserted at one place in this order, they end up reversed: the Constants, the copy
+        inserts.extend([(reader, copy), *((reader, new) for new in made)])
 
     def add_after(
         self, scope: Scope, layer: proto.NodeProto, update: TensorUpdate, pending: Pending

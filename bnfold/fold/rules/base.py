@@ -5,12 +5,15 @@ layer before it), ``IntoLayersRule`` (into the layers behind a Concat or Reshape
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
+from bnfold.fold.rules import dequantized
 from bnfold.fold.rules.batchnorm import F64, BatchNorm, check_channels, check_dtypes
 from bnfold.fold.rules.chain import Chain, added_bias, optional_weight, weight
+from bnfold.fold.rules.dequantized import Dequantized
 from bnfold.fold.rules.following import Following, flattened_spatial
-from bnfold.fold.rules.plan import FoldPlan, RuleContext, TensorUpdate
+from bnfold.fold.rules.plan import FoldPlan, RuleContext, TensorUpdate, Weight
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded, rounded_scaled
 from bnfold.model import proto
@@ -52,6 +55,8 @@ class LayerBeforeRule:
     - ``check_layer``: refusals about the layer itself (attributes from a function, rank);
     - ``layout``: (channels, rank of the output) from the weight's shape;
     - ``scale_weight``: the weight scaled per output channel (the channel axis, groups);
+    - ``channel_axis``: the one axis of the weight its output channels are on, for a weight
+      made by a DequantizeLinear, whose scale takes the fold (``rules/dequantized.py``);
     - ``layer_bias``: the bias the layer already adds (a Conv's b, a Gemm's beta * C);
     - ``finish``: the plan's op type and attribute changes (MatMul becomes Gemm).
 
@@ -67,7 +72,7 @@ class LayerBeforeRule:
         """Skip for what makes the layer unfoldable whatever its weights (default: nothing)."""
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Weight, after: str
     ) -> tuple[int, int]:
         """(output channels, output rank) of the layer, or Skip when its weight does not fit;
         ``after`` is the value the BN or scale layer reads (the layer's output, or what an Add
@@ -77,6 +82,16 @@ class LayerBeforeRule:
     def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         """The weight with each output channel c scaled by s[c], rounded into its dtype."""
         raise NotImplementedError
+
+    def channel_axis(self, layer: proto.NodeProto, shape: tuple[int, ...]) -> int | None:
+        """The axis of the weight (of ``shape``) whose index is the output channel; None when
+        the output channels span several axes (a grouped ConvTranspose)."""
+        raise NotImplementedError
+
+    def weight(self, scope: Scope, layer: proto.NodeProto) -> Constant | Dequantized:
+        """The layer's weight: a constant, or made by a DequantizeLinear; else Skip."""
+        found = dequantized.find(scope, layer, 1, self.weight_label)
+        return found if found is not None else weight(scope, layer, 1, self.weight_label)
 
     def layer_bias(
         self, scope: Scope, layer: proto.NodeProto, channels: int
@@ -102,13 +117,13 @@ class LayerBeforeRule:
     ) -> tuple[int, int]:
         """(channels, rank) of the producer's output, or Skip: what a Mul/Add must fit."""
         self.check_layer(ctx, scope, producer)
-        w = weight(scope, producer, 1, self.weight_label)
+        w = self.weight(scope, producer)
         return self.layout(ctx, scope, producer, w, producer.output[0])
 
     def plan(self, ctx: RuleContext, scope: Scope, bn: BatchNorm, chain: Chain) -> FoldPlan:
         layer = chain.producer
         self.check_layer(ctx, scope, layer)
-        w = weight(scope, layer, 1, self.weight_label)
+        w = self.weight(scope, layer)
         check_dtypes(scope, bn, w.elem_type)
         channels, rank = self.layout(ctx, scope, layer, w, bn.x)
         check_channels(bn, channels, layer)
@@ -116,20 +131,23 @@ class LayerBeforeRule:
         existing, b = self.layer_bias(scope, layer, channels)
         if existing is not None:
             bias = existing + bias
-        new_w = self.scale_weight(layer, w, bn.s)
+        if isinstance(w, Dequantized):
+            scaled = w.scaled(self.channel_axis(layer, w.shape), bn.s, chain.is_dirty)
+        else:
+            new_w = self.scale_weight(layer, w, bn.s)
         new_b = rounded(
             numerics.folded_bias(bn.s, bias, bn.mean, bn.beta), w.elem_type, self.bias_label
         )
         hint = b.name if b is not None else f"{layer.name or w.name}{self.bias_suffix}"
-        return self.finish(
-            scope,
-            FoldPlan(
-                [
-                    TensorUpdate(1, new_w, w.elem_type, w.name),
-                    TensorUpdate(2, new_b, w.elem_type, hint),
-                ]
-            ),
-        )
+        bias_update = TensorUpdate(2, new_b, w.elem_type, hint)
+        if not isinstance(w, Dequantized):
+            return self.finish(
+                scope, FoldPlan([TensorUpdate(1, new_w, w.elem_type, w.name), bias_update])
+            )
+        plan = self.finish(scope, FoldPlan([bias_update], branches=[(Chain(w.node), scaled)]))
+        name = f"'{layer.name or bn.y}'"
+        target = f"Gemm {name} (was MatMul)" if plan.op_type else f"{layer.op_type} {name}"
+        return replace(plan, note=w.note(target))
 
 
 class IntoLayersRule:
@@ -204,6 +222,14 @@ class LayerAfterRule:
         layer = following.consumer
         self.check_layer(ctx, scope, bn, following)
         spatial = flattened_spatial(ctx, scope, bn, following)
+        dq = dequantized.dequantized_input(scope, layer, 1)
+        if dq is not None:
+            raise Skip(
+                Reason.QUANTIZED_WEIGHT,
+                f"the {describe(layer)} after it has its {self.weight_label} made by "
+                f"{describe(dq)}: scaling the layer's input channels would need a scale per "
+                "element; a quantized layer takes only the BatchNormalization after it",
+            )
         w = weight(scope, layer, 1, self.weight_label)
         b = optional_weight(scope, layer, 2, self.bias_label) if self.has_bias else None
         check_dtypes(scope, bn, w.elem_type)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bnfold.fold.rules import dequantized
 from bnfold.fold.rules.batchnorm import F64, per_channel
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.model import proto
@@ -88,7 +89,9 @@ def walk_chain(
                 continue
         if node.domain in ("", "ai.onnx") and node.op_type in producer_ops:
             return Chain(producer=node, through=through, adds=adds, is_dirty=is_dirty)
-        raise unsupported_producer(node, through)
+        raise dequantized.activation_refusal(scope, node, through) or unsupported_producer(
+            node, through
+        )
 
 
 def unsupported_producer(node: proto.NodeProto, through: Sequence[proto.NodeProto]) -> Skip:

@@ -8,7 +8,7 @@ channel is always axis 0. A missing bias is created; an existing one becomes s *
 from __future__ import annotations
 
 from bnfold.fold.rules.base import LayerBeforeRule
-from bnfold.fold.rules.plan import RuleContext
+from bnfold.fold.rules.plan import RuleContext, Weight
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
@@ -21,7 +21,7 @@ class ConvBN(LayerBeforeRule):
     op_types = ("Conv",)
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Weight, after: str
     ) -> tuple[int, int]:
         if len(w.shape) < 3:
             raise Skip(
@@ -32,6 +32,9 @@ class ConvBN(LayerBeforeRule):
     def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         scale = s.reshape((w.shape[0],) + (1,) * (len(w.shape) - 1))
         return rounded_scaled(w.array(), scale, w.elem_type, "weight")
+
+    def channel_axis(self, layer: proto.NodeProto, shape: tuple[int, ...]) -> int | None:
+        return 0
 
 
 RULE = ConvBN()

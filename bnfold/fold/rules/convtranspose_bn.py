@@ -8,7 +8,7 @@ onnxoptimizer patch did) is wrong for every ConvTranspose.
 from __future__ import annotations
 
 from bnfold.fold.rules.base import LayerBeforeRule
-from bnfold.fold.rules.plan import RuleContext
+from bnfold.fold.rules.plan import RuleContext, Weight
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
@@ -28,7 +28,7 @@ class ConvTransposeBN(LayerBeforeRule):
             )
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Weight, after: str
     ) -> tuple[int, int]:
         group = int(get_attr(layer, "group", 1))
         shape = w.shape
@@ -46,6 +46,9 @@ class ConvTransposeBN(LayerBeforeRule):
         grouped = w.array().reshape((group, shape[0] // group, per_group, *shape[2:]))
         scale = s.reshape((group, 1, per_group) + (1,) * (len(shape) - 2))
         return rounded_scaled(grouped, scale, w.elem_type, "weight").reshape(shape)
+
+    def channel_axis(self, layer: proto.NodeProto, shape: tuple[int, ...]) -> int | None:
+        return 1 if int(get_attr(layer, "group", 1)) == 1 else None
 
 
 RULE = ConvTransposeBN()

@@ -12,7 +12,7 @@ import numpy as np
 
 from bnfold.fold.rules.base import LayerBeforeRule
 from bnfold.fold.rules.chain import optional_weight
-from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.plan import FoldPlan, RuleContext, Weight
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
@@ -36,7 +36,7 @@ class GemmBN(LayerBeforeRule):
             )
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Weight, after: str
     ) -> tuple[int, int]:
         if len(w.shape) != 2:
             raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} B has shape {list(w.shape)}")
@@ -45,6 +45,9 @@ class GemmBN(LayerBeforeRule):
     def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         column_scale = s[:, None] if int(get_attr(layer, "transB", 0)) else s[None, :]
         return rounded_scaled(w.array(), column_scale, w.elem_type, "B")
+
+    def channel_axis(self, layer: proto.NodeProto, shape: tuple[int, ...]) -> int | None:
+        return 0 if int(get_attr(layer, "transB", 0)) else 1
 
     def layer_bias(
         self, scope: Scope, layer: proto.NodeProto, channels: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bnfold.fold.rules.base import LayerBeforeRule
-from bnfold.fold.rules.plan import FoldPlan, RuleContext
+from bnfold.fold.rules.plan import FoldPlan, RuleContext, Weight
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded_scaled
 from bnfold.model import proto
@@ -25,7 +25,7 @@ class MatMulBN(LayerBeforeRule):
     bias_label = "C"
 
     def layout(
-        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Constant, after: str
+        self, ctx: RuleContext, scope: Scope, layer: proto.NodeProto, w: Weight, after: str
     ) -> tuple[int, int]:
         if len(w.shape) != 2:
             raise Skip(
@@ -38,6 +38,9 @@ class MatMulBN(LayerBeforeRule):
 
     def scale_weight(self, layer: proto.NodeProto, w: Constant, s: F64) -> numerics.Values:
         return rounded_scaled(w.array(), s[None, :], w.elem_type, "B")
+
+    def channel_axis(self, layer: proto.NodeProto, shape: tuple[int, ...]) -> int | None:
+        return 1
 
     def layer_bias(
         self, scope: Scope, layer: proto.NodeProto, channels: int

@@ -4,11 +4,14 @@ engine (``RuleContext``: shapes and ranks)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from bnfold.fold.rules.chain import Chain
+from bnfold.model import proto
 from bnfold.model.graph import Scope, Shape
 from bnfold.numerics import arith as numerics
+
+if TYPE_CHECKING:  # chain.py imports dequantized.py, which imports this module
+    from bnfold.fold.rules.chain import Chain
 
 
 @dataclass
@@ -34,6 +37,9 @@ class FoldPlan:
     add_after: TensorUpdate | None = None
     #: what the fold did, for the report (default: "folded into <the producer>")
     note: str = ""
+    #: the node this plan is for is also read by others: the plan goes to a copy of it that only
+    #: this node reads (a DequantizeLinear shared by several layers)
+    private_for: proto.NodeProto | None = None
 
 
 class RuleContext(Protocol):
@@ -42,3 +48,17 @@ class RuleContext(Protocol):
     def rank(self, scope: Scope, name: str) -> int | None: ...
 
     def shape(self, scope: Scope, name: str) -> Shape | None: ...
+
+
+class Weight(Protocol):
+    """What a layer rule's ``layout`` reads of the layer's weight: a ``Constant``, or the float
+    output of a DequantizeLinear (``bnfold.fold.rules.dequantized.Dequantized``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def elem_type(self) -> int: ...

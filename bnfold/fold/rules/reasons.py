@@ -35,6 +35,8 @@ class Reason(str, Enum):
     PADDED_CONV = "padded_conv"
     UNKNOWN_SHAPE = "unknown_shape"
     DECLARED_SHAPE_CONFLICT = "declared_shape_conflict"
+    QUANTIZED_WEIGHT = "quantized_weight"
+    QUANTIZED_ACTIVATION = "quantized_activation"
 
 
 class Skip(Exception):

@@ -30,6 +30,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from bnfold.fold.rules import dequantized
 from bnfold.fold.rules.base import IntoLayersRule
 from bnfold.fold.rules.batchnorm import BatchNorm, check_dtypes
 from bnfold.fold.rules.chain import (
@@ -41,6 +42,7 @@ from bnfold.fold.rules.chain import (
     walk_chain,
     weight,
 )
+from bnfold.fold.rules.dequantized import Dequantized
 from bnfold.fold.rules.plan import FoldPlan, RuleContext, TensorUpdate
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded, rounded_scaled
@@ -321,7 +323,7 @@ def _rank_n_matmul(scope: Scope, bn: BatchNorm, sub: Chain) -> list[tuple[Chain,
     matmul = sub.producer
     if not is_op(matmul, "MatMul"):
         raise Skip(Reason.SHAPE_MISMATCH, f"{describe(matmul)} does not give a 2-D output")
-    b = weight(scope, matmul, 1, "B")
+    b = dequantized.find(scope, matmul, 1, "B") or weight(scope, matmul, 1, "B")
     check_dtypes(scope, bn, b.elem_type)
     if len(b.shape) != 2 or b.shape[1] != bn.channels:
         raise Skip(
@@ -345,9 +347,14 @@ def _rank_n_matmul(scope: Scope, bn: BatchNorm, sub: Chain) -> list[tuple[Chain,
                 f"the bias '{const.name}' is {numerics.dtype_name(const.elem_type)}, "
                 f"{describe(matmul)}'s B {numerics.dtype_name(b.elem_type)}",
             )
-    new_b = rounded_scaled(b.array(), bn.s[None, :], b.elem_type, "B")
+    if isinstance(b, Dequantized):  # B's columns through its scale, B itself unchanged
+        into_scale = b.scaled(1, bn.s, sub.is_dirty)
+        columns = FoldPlan([], branches=[(Chain(producer=b.node), into_scale)])
+    else:
+        new_b = rounded_scaled(b.array(), bn.s[None, :], b.elem_type, "B")
+        columns = FoldPlan([TensorUpdate(1, new_b, b.elem_type, b.name)])
     bias = rounded(numerics.folded_bias(bn.s, added, bn.mean, bn.beta), b.elem_type, "bias")
-    scaled = (Chain(producer=matmul), FoldPlan([TensorUpdate(1, new_b, b.elem_type, b.name)]))
+    scaled = (Chain(producer=matmul), columns)
     if not sub.through:
         update = TensorUpdate(1, bias, b.elem_type, f"{matmul.name or b.name}_bias")
         return [(scaled[0], replace(scaled[1], add_after=update))]
