@@ -10,7 +10,8 @@ import onnx
 import pytest
 
 from bnfold import fold_file
-from bnfold.model.graph import ModelIndex, is_op
+from bnfold.model.graph import ModelIndex
+from bnfold.model.nodes import is_op
 from tests.builders import count_ops
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -33,7 +33,8 @@ from bnfold.errors import InputError, UsageError
 def _stats(path: Path, model: Any, files: set[Path]) -> ModelStats:
     """Size on disk (the model file and the external data files its bytes are in), nodes, BNs."""
     from bnfold.fold.engine import count_nodes
-    from bnfold.model.graph import ModelIndex, is_op
+    from bnfold.model.graph import ModelIndex
+    from bnfold.model.nodes import is_op
 
     index = ModelIndex(model)
     bns = sum(1 for sc in index.scopes for n in sc.nodes if is_op(n, "BatchNormalization"))

@@ -24,7 +24,8 @@ from bnfold.fold.rules.plan import FoldPlan
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, unreadable_as_skip
 from bnfold.fold.state import FoldState, Pending, node_key
 from bnfold.model import proto
-from bnfold.model.graph import Constant, ModelIndex, Scope, is_op
+from bnfold.model.graph import Constant, ModelIndex, Scope
+from bnfold.model.nodes import is_op
 
 #: Evaluated constants (bytes) in a pass past which the pass's garbage is collected at its end.
 _COLLECT_AFTER = 64 << 20

@@ -34,138 +34,33 @@ with a reason that names it.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
 
+from bnfold.fold import call_settle
+from bnfold.fold.call_sites import (
+    COPY_SUFFIX,
+    MAX_COPIES,
+    MAX_COPY_BYTES,
+    MAX_SHARED_BYTES,
+    Bound,
+    CallGroup,
+    FunctionKey,
+    Site,
+    call_key,
+    calls_functions,
+    defining_scope,
+    describe_call,
+    function_key,
+    function_name,
+    has_batchnorm,
+    nbytes,
+    prefixes,
+    where_is,
+)
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.report import BNDecision
 from bnfold.model import proto
-from bnfold.model.graph import (
-    DEFAULT_DOMAINS,
-    Constant,
-    ModelIndex,
-    NameAllocator,
-    NotConstant,
-    Scope,
-    function_label,
-    is_op,
-)
-
-#: Copies of functions bnfold makes at most in one model.
-MAX_COPIES = 1024
-#: Bytes of function bodies it copies at most in one model.
-MAX_COPY_BYTES = 64 << 20
-#: Bytes of constants that more than one copy (or a copy and the function) fold each on their
-#: own at most: each makes its own folded tensors, so these grow the output.
-MAX_SHARED_BYTES = 256 << 20
-
-#: The suffix of a copy's name (made unique among the model's function names and op types).
-COPY_SUFFIX = "_bnfolded"
-
-_NON_CONSTANT = ("non_constant_param", "non_constant_weight")
-
-FunctionKey = tuple[str, str, str]  # domain, name, overload
-
-
-@dataclass
-class CallGroup:
-    """Calls of one function, in one graph, that pass the same constants for the inputs its body
-    reads; they are served by the function itself (``copy`` False) or by a copy of it."""
-
-    origin: str  # scope path of the function as the model has it
-    origin_key: FunctionKey
-    function: str  # scope path of the function that serves the calls: origin, or the copy
-    name: str  # that function's name
-    caller: str  # scope path of the graph the calls are in
-    calls: tuple[str, ...]  # the first output of each call (its key in the caller)
-    binding: dict[str, str]  # formal input -> the constant (a name in the caller) passed for it
-    arity: tuple[int, ...]  # each call's input count as it came in
-    read: frozenset[str]  # the formal inputs the body read as it came in
-    copy: bool
-    shown: tuple[str, ...] = ()  # the calls, for messages
-    threaded: set[str] = field(default_factory=set)  # inputs added for folded tensors
-
-
-@dataclass
-class Bound:
-    """A function body folded with constants bound to its inputs, in one index: the graph its
-    calls are in, and the call nodes (in graph order)."""
-
-    caller: Scope
-    calls: list[proto.NodeProto]
-    group: CallGroup
-
-
-def _call_key(node: proto.NodeProto) -> FunctionKey:
-    return (node.domain, node.op_type, node.overload)
-
-
-def _function_key(func: proto.FunctionProto) -> FunctionKey:
-    return (func.domain, func.name, func.overload)
-
-
-def _fname(func: proto.FunctionProto) -> str:
-    return f"{func.domain}.{func.name}" if func.domain else func.name
-
-
-def _describe(node: proto.NodeProto) -> str:
-    return f"'{node.name}'" if node.name else f"{node.op_type} -> '{node.output[0]}'"
-
-
-def _where(path: str) -> str:
-    if path == "main":
-        return "the main graph"
-    if path.startswith("function:") and "/" not in path:
-        return f"function {path[len('function:') :]}"
-    return f"graph {path}"
-
-
-def _prefixes(path: str) -> list[str]:
-    """``path`` and every path it lies within: "a/b/c" -> ["a", "a/b", "a/b/c"]."""
-    cuts = [i for i, ch in enumerate(path) if ch == "/"]
-    return [path[:i] for i in cuts] + [path]
-
-
-def _root(path: str, labels: set[str] | dict[str, object]) -> str | None:
-    """The label among ``labels`` that ``path`` is (or lies within, the nearest), if any."""
-    return next((p for p in reversed(_prefixes(path)) if p in labels), None)
-
-
-def _has_batchnorm(scope: Scope) -> bool:
-    return any(is_op(n, "BatchNormalization") for n in scope.nodes) or any(
-        _has_batchnorm(child) for child in scope.children
-    )
-
-
-def _calls_functions(scope: Scope, keys: set[FunctionKey]) -> bool:
-    return any(_call_key(n) in keys for n in scope.nodes) or any(
-        _calls_functions(child, keys) for child in scope.children
-    )
-
-
-def _nbytes(scope: Scope, name: str) -> int:
-    """Bytes of constant ``name`` as seen from ``scope``, from its shape (its data unread)."""
-    const = scope.constant(name)
-    dtype = proto.raw_dtype(const.elem_type)
-    count = 1
-    for d in const.shape:
-        count *= max(int(d), 0)
-    return count * (dtype.itemsize if dtype is not None else 4)
-
-
-def _defining_scope(scope: Scope, name: str) -> Scope:
-    """The scope (``scope`` or one around it) where ``name`` is defined."""
-    found: Scope | None = scope
-    while found is not None and not found.defines(name):
-        found = found.parent
-    return found if found is not None else scope
-
-
-@dataclass
-class _Site:
-    caller: Scope
-    node: proto.NodeProto
-    binding: dict[str, str]  # formal -> constant argument
-    why: dict[str, tuple[str, str]]  # formal -> (argument, why it is not a constant)
+from bnfold.model.graph import Constant, ModelIndex, NameAllocator, NotConstant, Scope
+from bnfold.model.nodes import DEFAULT_DOMAINS, function_label
 
 
 class CallPlan:
@@ -203,7 +98,7 @@ class CallPlan:
             func = scope.function
             if func is None:
                 continue
-            key = _function_key(func)
+            key = function_key(func)
             if key in functions:
                 repeated.add(key)
             functions[key] = (func, scope)
@@ -219,17 +114,17 @@ class CallPlan:
             for key, found in functions.items()
             if key[0] not in DEFAULT_DOMAINS
             and found[1].path not in ambiguous
-            and _has_batchnorm(found[1])
+            and has_batchnorm(found[1])
         }
         if not candidates:
             return None
         sites: dict[FunctionKey, list[tuple[Scope, proto.NodeProto]]] = {}
         for scope in index.scopes:
             for node in scope.nodes:
-                key = _call_key(node)
+                key = call_key(node)
                 if key in candidates:
                     sites.setdefault(key, []).append((scope, node))
-        plan = cls({prefix for path in paths for prefix in _prefixes(path)})
+        plan = cls({prefix for path in paths for prefix in prefixes(path)})
         for (path, out), where in positions.items():
             plan.positions_in.setdefault(path, []).append((out, where))
         taken = set(names.taken) | {f.name for f in model.functions}
@@ -269,12 +164,12 @@ class CallPlan:
                 return  # a call bnfold cannot tell apart or that does not fit: leave them all
         read = frozenset(f for f in formals if scope.uses(f) > 0)
         sites = [self._site(caller, node, formals, read) for caller, node in calls]
-        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[_Site]] = {}
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Site]] = {}
         for site in sites:
             key = (site.caller.path, tuple(sorted(site.binding.items())))
             groups.setdefault(key, []).append(site)
-        fname = _fname(func)
-        stays: list[_Site] = [s for s in sites if not s.binding]  # calls the function keeps
+        fname = function_name(func)
+        stays: list[Site] = [s for s in sites if not s.binding]  # calls the function keeps
         refused: dict[int, str] = {}  # id(site) -> why its constants are not used
         with_constants = [members for members in groups.values() if members[0].binding]
         if len(groups) == 1 and with_constants:
@@ -289,7 +184,7 @@ class CallPlan:
             stays.extend(members)
             refused.update((id(s), why) for s in members)
             with_constants = []
-        copyable = not _calls_functions(scope, local)
+        copyable = not calls_functions(scope, local)
         body_bytes = func.ByteSize()
         made: list[str] = []
         for members in with_constants:
@@ -322,8 +217,8 @@ class CallPlan:
         copy.name = function_names.new(func.name + COPY_SUFFIX)
         while function_label(copy) in self.paths:
             copy.name = function_names.new(func.name + COPY_SUFFIX)
-        own = _function_key(func)
-        at = next(i for i, f in enumerate(model.functions) if _function_key(f) == own)
+        own = function_key(func)
+        at = next(i for i, f in enumerate(model.functions) if function_key(f) == own)
         model.functions.insert(at + 1 + len(made), copy)
         made.append(copy.name)
         label = function_label(copy)
@@ -337,7 +232,7 @@ class CallPlan:
                 positions[(label + rest, out)] = where
         return label, copy.name
 
-    def _refusal(self, site: _Site, copyable: bool, body_bytes: int) -> str:
+    def _refusal(self, site: Site, copyable: bool, body_bytes: int) -> str:
         if not copyable:
             return (
                 "its calls pass different values, and bnfold does not copy a function that calls "
@@ -350,10 +245,10 @@ class CallPlan:
             )
         return self._shared(site)
 
-    def _shared(self, site: _Site) -> str:
+    def _shared(self, site: Site) -> str:
         """Why folding the constants of ``site`` once more would grow the output too much."""
         shared = sum(
-            _nbytes(site.caller, arg)
+            nbytes(site.caller, arg)
             for arg in site.binding.values()
             if self._identity(site.caller, arg) in self._bound_constants
         )
@@ -367,15 +262,15 @@ class CallPlan:
 
     @staticmethod
     def _identity(caller: Scope, arg: str) -> tuple[str, str]:
-        return (_defining_scope(caller, arg).path, arg)
+        return (defining_scope(caller, arg).path, arg)
 
-    def _count_bound(self, site: _Site) -> None:
+    def _count_bound(self, site: Site) -> None:
         self._bound_constants.update(self._identity(site.caller, a) for a in site.binding.values())
 
     @staticmethod
     def _site(
         caller: Scope, node: proto.NodeProto, formals: list[str], read: frozenset[str]
-    ) -> _Site:
+    ) -> Site:
         binding: dict[str, str] = {}
         why: dict[str, tuple[str, str]] = {}
         for i, formal in enumerate(formals):
@@ -391,7 +286,7 @@ class CallPlan:
                 why[formal] = (arg, str(exc))
                 continue
             binding[formal] = arg
-        return _Site(caller, node, binding, why)
+        return Site(caller, node, binding, why)
 
     @staticmethod
     def _group(
@@ -399,7 +294,7 @@ class CallPlan:
         scope: Scope,
         label: str,
         name: str,
-        members: list[_Site],
+        members: list[Site],
         read: frozenset[str],
         *,
         copy: bool,
@@ -407,7 +302,7 @@ class CallPlan:
         members = sorted(members, key=lambda s: s.caller.index_of(s.node))
         return CallGroup(
             origin=scope.path,
-            origin_key=_function_key(func),
+            origin_key=function_key(func),
             function=label,
             name=name,
             caller=members[0].caller.path,
@@ -416,10 +311,10 @@ class CallPlan:
             arity=tuple(len(s.node.input) for s in members),
             read=read,
             copy=copy,
-            shown=tuple(_describe(s.node) for s in members),
+            shown=tuple(describe_call(s.node) for s in members),
         )
 
-    def _note(self, label: str, fname: str, sites: list[_Site], refused: dict[int, str]) -> None:
+    def _note(self, label: str, fname: str, sites: list[Site], refused: dict[int, str]) -> None:
         """For each input some call passes no usable constant for: which call, and why."""
         notes: dict[str, str] = {}
         formals = sorted({f for s in sites for f in (*s.why, *s.binding)})
@@ -429,7 +324,7 @@ class CallPlan:
             if plain:
                 site, others = plain[0], len(plain) - 1
                 arg, why = site.why[formal]
-                call = f"the call {_describe(site.node)} in {_where(site.caller.path)}"
+                call = f"the call {describe_call(site.node)} in {where_is(site.caller.path)}"
                 if arg:
                     text = (
                         f"it is an input of function {fname}, and {call} passes '{arg}' for "
@@ -442,8 +337,8 @@ class CallPlan:
             elif held:
                 site = held[0]
                 text = (
-                    f"it is an input of function {fname}; the call {_describe(site.node)} in "
-                    f"{_where(site.caller.path)} passes the constant '{site.binding[formal]}' "
+                    f"it is an input of function {fname}; the call {describe_call(site.node)} in "
+                    f"{where_is(site.caller.path)} passes the constant '{site.binding[formal]}' "
                     f"for it, but {refused[id(site)]}"
                 )
             else:
@@ -508,134 +403,5 @@ class CallPlan:
     ) -> dict[NodeKey, BNDecision]:
         """Point each group's calls at the function folded for them, or undo the copy; drop the
         inputs the folds consumed and the functions no call is left to; return the decisions
-        about what remains, each saying which calls it was folded for."""
-        index = ModelIndex(model)
-        scopes = {s.path: s for s in index.scopes}
-        labels = {g.function for g in self.groups} | {g.origin for g in self.groups}
-        within: dict[str, list[tuple[NodeKey, BNDecision]]] = {}  # function -> its decisions
-        for key, d in decisions.items():
-            root = _root(key[0], labels)
-            if root is not None:
-                within.setdefault(root, []).append((key, d))
-
-        def folded(label: str) -> set[tuple[str, str]]:
-            return {
-                (path[len(label) :], out) for (path, out), d in within.get(label, ()) if d.folded
-            }
-
-        adopted: list[CallGroup] = []
-        dropped: list[CallGroup] = []
-        for group in self.groups:
-            caller = scopes[group.caller]
-            calls = [caller.producer_of(out) for out in group.calls]
-            if group.copy and not folded(group.function) - folded(group.origin):
-                for call, arity in zip(calls, group.arity, strict=True):
-                    assert call is not None
-                    for arg in call.input[arity:]:
-                        if arg:
-                            released[(caller.path, arg)] = None  # a tensor made for the copy
-                    del call.input[arity:]
-                _remove_function(model, (group.origin_key[0], group.name, group.origin_key[2]))
-                dropped.append(group)
-                continue
-            if group.copy:
-                for call in calls:
-                    assert call is not None
-                    call.op_type = group.name
-            if folded(group.function):
-                adopted.append(group)
-                self._drop_inputs(scopes[group.function], caller, calls, group, released)
-        gone = [g.function for g in dropped]
-        called = {_call_key(n) for s in index.scopes for n in s.nodes}
-        for group in self.groups:
-            if group.copy and group.origin_key not in called and group.origin not in gone:
-                _remove_function(model, group.origin_key)
-                gone.append(group.origin)
-        return self._decisions(decisions, within, adopted, dropped, gone)
-
-    @staticmethod
-    def _drop_inputs(
-        fn: Scope,
-        caller: Scope,
-        calls: list[proto.NodeProto | None],
-        group: CallGroup,
-        released: dict[tuple[str, str], None],
-    ) -> None:
-        """Remove the bound inputs no node of the function reads any more (a fold consumed
-        them), from the function and from each of its calls."""
-        func = fn.function
-        assert func is not None
-        unread = [
-            i
-            for i, formal in enumerate(func.input)
-            if formal in group.binding
-            and (formal in group.read or formal in group.threaded)
-            and fn.uses(formal) == 0
-        ]
-        gone = {func.input[i] for i in unread}
-        for i in reversed(unread):
-            del func.input[i]
-            for call in calls:
-                assert call is not None
-                if i < len(call.input):
-                    arg = call.input[i]
-                    del call.input[i]
-                    if arg:
-                        released[(_defining_scope(caller, arg).path, arg)] = None
-        for k in reversed(range(len(func.value_info))):
-            if func.value_info[k].name in gone:
-                del func.value_info[k]
-
-    def _decisions(
-        self,
-        decisions: dict[NodeKey, BNDecision],
-        within: dict[str, list[tuple[NodeKey, BNDecision]]],
-        adopted: list[CallGroup],
-        dropped: list[CallGroup],
-        gone: list[str],
-    ) -> dict[NodeKey, BNDecision]:
-        out = dict(decisions)
-        # a copy that was not kept: its calls stay with the function, and when nothing else
-        # stands in the function's way (no call passes a run-time value), what stood in the
-        # copy's way is what the function's BatchNormalization is told
-        told: set[NodeKey] = set()
-        for group in dropped:
-            if group.origin in gone or group.origin in self.notes:
-                continue
-            for (path, output), d in within.get(group.function, ()):
-                if d.folded:
-                    continue
-                key = (group.origin + path[len(group.function) :], output)
-                mine = out.get(key)
-                if mine is not None and mine.reason in _NON_CONSTANT and key not in told:
-                    told.add(key)
-                    # a run-time input already names its call; any other reason is about constants
-                    message = (
-                        d.message
-                        if d.reason in _NON_CONSTANT
-                        else (f"{d.message} (with {_for(group)})")
-                    )
-                    out[key] = replace(d, graph=key[0], message=message)
-        for group in adopted:
-            for key, d in within.get(group.function, ()):
-                if d.folded:
-                    where = f"with {_for(group)}"
-                    if group.copy:
-                        where = f"in {group.name}, a copy of the function for {_for(group)}"
-                    out[key] = replace(d, message=f"{d.message} ({where})")
-        removed = set(gone)
-        return {key: d for key, d in out.items() if _root(key[0], removed) is None}
-
-
-def _for(group: CallGroup) -> str:
-    """ "the constants that the call 'c' in the main graph passes" (or calls)."""
-    shown = ", ".join(group.shown[:3]) + (", ..." if len(group.shown) > 3 else "")
-    if len(group.shown) == 1:
-        return f"the constants that the call {shown} in {_where(group.caller)} passes"
-    return f"the constants that the calls {shown} in {_where(group.caller)} pass"
-
-
-def _remove_function(model: proto.ModelProto, key: FunctionKey) -> None:
-    for i in reversed(range(len(model.functions))):
-        if _function_key(model.functions[i]) == key:
-            del model.functions[i]
+        about what remains, each saying which calls it was folded for (see ``call_settle``)."""
+        return call_settle.settle(self.groups, self.notes, model, decisions, released)

@@ -7,7 +7,8 @@ from bnfold.fold.driver import PassResult
 from bnfold.fold.state import FoldState
 from bnfold.model import proto
 from bnfold.model.constfold import EVALUATORS
-from bnfold.model.graph import ModelIndex, Scope, is_op
+from bnfold.model.graph import ModelIndex, Scope
+from bnfold.model.nodes import is_op
 
 
 class Cleanup:

@@ -14,7 +14,8 @@ from bnfold.fold.rules import DEFAULT_RULES, FORWARD_RULES
 from bnfold.fold.rules.base import FoldRule, ForwardRule
 from bnfold.fold.state import FoldState
 from bnfold.model import proto
-from bnfold.model.graph import ModelIndex, is_op
+from bnfold.model.graph import ModelIndex
+from bnfold.model.nodes import is_op
 from bnfold.model.store import TensorStore
 
 

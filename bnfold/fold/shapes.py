@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from bnfold.fold.rules.reasons import Reason, Skip
 from bnfold.model import proto
-from bnfold.model.graph import Scope, Shape, subgraph_paths, type_shape, value_shape
+from bnfold.model.graph import Scope, Shape, type_shape, value_shape
+from bnfold.model.nodes import subgraph_paths
 from bnfold.model.store import TensorStore
 
 

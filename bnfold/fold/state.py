@@ -12,7 +12,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from bnfold.fold.calls import Bound, CallPlan
+from bnfold.fold.call_sites import Bound
+from bnfold.fold.calls import CallPlan
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.rules.base import FoldRule, ForwardRule, rules_by_op
 from bnfold.fold.rules.chain import Chain
@@ -20,16 +21,8 @@ from bnfold.fold.rules.plan import FoldPlan, TensorUpdate
 from bnfold.fold.shapes import Shapes
 from bnfold.model import proto
 from bnfold.model.constfold import Budget
-from bnfold.model.graph import (
-    Constant,
-    ModelIndex,
-    NameAllocator,
-    NotConstant,
-    Scope,
-    Shape,
-    del_attr,
-    set_attr,
-)
+from bnfold.model.graph import Constant, ModelIndex, NameAllocator, NotConstant, Scope, Shape
+from bnfold.model.nodes import del_attr, set_attr
 from bnfold.model.store import TensorStore
 from bnfold.numerics import arith as numerics
 

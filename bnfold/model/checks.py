@@ -12,7 +12,7 @@ from typing import Any
 from bnfold.errors import InputError
 from bnfold.model import proto
 from bnfold.model.external import external_ref
-from bnfold.model.graph import DEFAULT_DOMAINS, subgraphs
+from bnfold.model.nodes import DEFAULT_DOMAINS, subgraphs
 from bnfold.model.proto import TensorProto
 from bnfold.model.tensors import element_count, expected_nbytes, node_tensors
 

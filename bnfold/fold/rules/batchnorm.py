@@ -11,7 +11,8 @@ import numpy.typing as npt
 
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.model import proto
-from bnfold.model.graph import Constant, NotConstant, Scope, attr_is_reference, get_attr
+from bnfold.model.graph import Constant, NotConstant, Scope
+from bnfold.model.nodes import attr_is_reference, get_attr
 from bnfold.numerics import arith as numerics
 
 F64 = numerics.F64

@@ -19,7 +19,8 @@ from bnfold.fold.rules.following import Following, per_column
 from bnfold.fold.rules.plan import FoldPlan, RuleContext
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.model import proto
-from bnfold.model.graph import Constant, Scope, attr_is_reference, get_attr
+from bnfold.model.graph import Constant, Scope
+from bnfold.model.nodes import attr_is_reference, get_attr
 from bnfold.numerics import arith as numerics
 from bnfold.numerics.arith import F64
 

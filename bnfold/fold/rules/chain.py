@@ -12,7 +12,8 @@ from bnfold.fold.rules import dequantized
 from bnfold.fold.rules.batchnorm import F64, per_channel
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.model import proto
-from bnfold.model.graph import Constant, NotConstant, Scope, is_op
+from bnfold.model.graph import Constant, NotConstant, Scope
+from bnfold.model.nodes import is_op
 
 THROUGH_OPS = ("Identity", "Add")
 

@@ -23,7 +23,8 @@ from bnfold.fold.rules.chain import Chain, added_bias, walk_chain
 from bnfold.fold.rules.plan import FoldPlan, RuleContext
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.model import proto
-from bnfold.model.graph import Scope, attr_is_reference, get_attr, is_op
+from bnfold.model.graph import Scope
+from bnfold.model.nodes import attr_is_reference, get_attr, is_op
 from bnfold.numerics.arith import F64
 
 

@@ -36,7 +36,8 @@ from bnfold.fold.rules.plan import FoldPlan, TensorUpdate
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded
 from bnfold.model import proto
-from bnfold.model.graph import Constant, NotConstant, Scope, attr_is_reference, get_attr, is_op
+from bnfold.model.graph import Constant, NotConstant, Scope
+from bnfold.model.nodes import attr_is_reference, get_attr, is_op
 from bnfold.numerics import arith as numerics
 from bnfold.numerics.arith import F64
 

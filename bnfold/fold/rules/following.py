@@ -11,7 +11,8 @@ from bnfold.fold.rules.batchnorm import F64, BatchNorm
 from bnfold.fold.rules.plan import RuleContext
 from bnfold.fold.rules.reasons import Reason, Skip, describe
 from bnfold.model import proto
-from bnfold.model.graph import NotConstant, Scope, Shape, attr_is_reference, get_attr, is_op
+from bnfold.model.graph import NotConstant, Scope, Shape
+from bnfold.model.nodes import attr_is_reference, get_attr, is_op
 
 
 @dataclass

@@ -47,7 +47,8 @@ from bnfold.fold.rules.plan import FoldPlan, RuleContext, TensorUpdate
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded, rounded_scaled
 from bnfold.model import proto
-from bnfold.model.graph import NotConstant, Scope, Shape, attr_is_reference, get_attr, is_op
+from bnfold.model.graph import NotConstant, Scope, Shape
+from bnfold.model.nodes import attr_is_reference, get_attr, is_op
 from bnfold.numerics import arith as numerics
 
 #: Ops that move elements without changing them: Transpose permutes axes, the others keep the
