@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 from bnfold import fold_model
 from tests.builders import bn_initializers, bn_node, bn_stats, count_ops, make_model, tensor, vinfo
-from tests.ortutil import assert_fold_matches
+from tests.ortutil import assert_fold_matches, run_ort
 
 RNG = np.random.default_rng(14)
 
@@ -432,9 +432,8 @@ def test_unfoldable_input_of_an_inner_concat_names_it() -> None:
     )
 
 
-def test_deep_nest_is_expanded_without_recursion() -> None:
-    """3000 Concats deep, one layer each: folds (no RecursionError, no quadratic path)."""
-    depth = 3000
+def _deep_nest(depth: int) -> onnx.ModelProto:
+    """``depth`` Concats nested in each other, one Conv inside, one BN after them."""
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")]
     prev = "c"
     for k in range(depth):
@@ -442,12 +441,58 @@ def test_deep_nest_is_expanded_without_recursion() -> None:
         prev = f"k{k}"
     nodes.append(bn_node(prev, "y", "bn"))
     inits = [tensor("w", _w(3, 4, 1, 1)), *bn_initializers("bn", bn_stats(RNG, 3))]
-    model = make_model(
+    return make_model(
         nodes,
         [vinfo("x", TensorProto.FLOAT, [1, 4, 2, 2])],
         [vinfo("y", TensorProto.FLOAT, [1, 3, 2, 2])],
         inits,
     )
-    result = fold_model(model)
+
+
+def test_nests_up_to_the_bound_fold_and_deeper_ones_say_why() -> None:
+    """A nest of MAX_INNER_CONCATS Concats in the one before the BN folds; one deeper stays,
+    refused in one line that names the bound (3000 deep: no RecursionError, no slow path)."""
+    from bnfold.fold.rules.concat_bn import MAX_INNER_CONCATS
+
+    result = fold_model(_deep_nest(MAX_INNER_CONCATS + 1))
     assert result.report.folded == 1
     assert count_ops(result.model, "BatchNormalization") == 0
+    for depth in (MAX_INNER_CONCATS + 2, 3000):
+        (d,) = fold_model(_deep_nest(depth)).report.decisions
+        assert d.reason == "unsupported_producer" and f"at most {MAX_INNER_CONCATS}" in d.message
+
+
+def test_a_ladder_of_nested_concats_stays_linear() -> None:
+    """X_k = BN_k(Concat(X_{k-1}, conv_k)): each BN could fold only after the one before it,
+    into every layer before it again. The first ones fold; past the bound the rest stay, and a
+    ladder of 400 takes a moment, not minutes (it took ~20 s without the bound)."""
+    import time
+
+    from bnfold.fold.rules.concat_bn import MAX_INNER_CONCATS
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0")]
+    inits = [tensor("w0", _w(2, 4, 1, 1))]
+    prev, channels = "c0", 2
+    for k in range(1, 401):
+        inits.append(tensor(f"w{k}", _w(2, 4, 1, 1)))
+        nodes.append(helper.make_node("Conv", ["x", f"w{k}"], [f"c{k}"], name=f"conv{k}"))
+        nodes.append(helper.make_node("Concat", [prev, f"c{k}"], [f"k{k}"], name=f"k{k}", axis=1))
+        channels += 2
+        inits += bn_initializers(f"bn{k}", bn_stats(rng, channels))
+        nodes.append(bn_node(f"k{k}", f"y{k}", f"bn{k}", name=f"bn{k}"))
+        prev = f"y{k}"
+    model = make_model(
+        nodes,
+        [vinfo("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [vinfo(prev, TensorProto.FLOAT, [1, channels, 2, 2])],
+        inits,
+    )
+    start = time.perf_counter()
+    result = fold_model(model)
+    assert time.perf_counter() - start < 60  # a bound on the algorithm, not a benchmark
+    assert result.report.bn_folded == MAX_INNER_CONCATS + 1
+    x = np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32)
+    np.testing.assert_allclose(
+        run_ort(result.model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4
+    )

@@ -27,6 +27,12 @@ from bnfold.model.graph import Scope
 from bnfold.model.nodes import attr_is_reference, get_attr, is_op
 from bnfold.numerics.arith import F64
 
+#: Inner Concats one BN's split may expand at most. Real nests are a few deep (YOLO's C3 and
+#: CSP blocks: 1-2); a "ladder" X_k = BN_k(Concat(X_{k-1}, conv_k)) would make each BN fold
+#: into every earlier layer again, quadratic in its length: a small file could keep bnfold busy
+#: for minutes. Past the bound the BN stays, and says so.
+MAX_INNER_CONCATS = 8
+
 
 @dataclass(frozen=True)
 class _Input:
@@ -156,6 +162,14 @@ class ConcatBN(IntoLayersRule):
                 sub = walk_chain(scope, concat, ops, chain.is_dirty, start=here.name)
                 if is_op(sub.producer, "Concat"):
                     _check_axis_attribute(sub.producer, here)
+                    if len(inners) == MAX_INNER_CONCATS:
+                        raise Skip(
+                            Reason.UNSUPPORTED_PRODUCER,
+                            f"{describe(sub.producer)} is Concat number "
+                            f"{MAX_INNER_CONCATS + 1} nested in it; bnfold expands at most "
+                            f"{MAX_INNER_CONCATS} (each BN of a deeper nest would fold into "
+                            "every layer before it again)",
+                        )
                     found = _Inner(sub, here, first=len(layers))
                     inners.append(found)
                     stack.append((sub.producer, here, 0, found))
