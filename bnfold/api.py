@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from bnfold import __version__
+from bnfold._version import __version__
 from bnfold.errors import UsageError, VerificationFailed
 from bnfold.fold.engine import FoldEngine
 from bnfold.fold.report import FoldReport, FoldResult

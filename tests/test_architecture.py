@@ -33,7 +33,7 @@ def test_no_module_is_over_500_lines() -> None:
 
 def test_the_top_holds_only_the_public_face() -> None:
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__.py", "__main__.py", "api.py", "batch.py", "errors.py"], top
+    assert top == ["__init__.py", "__main__.py", "_version.py", "api.py", "batch.py", "errors.py"]
     packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
     assert packages == [
         "bench",
@@ -54,3 +54,11 @@ def test_architecture_page_names_every_subpackage() -> None:
             assert f"{folder}/" in page, f"docs/architecture.md does not name {folder}/"
     for init in PACKAGE.rglob("__init__.py"):  # each says what it is for
         assert init.read_text().lstrip().startswith('"""'), f"{init} has no docstring"
+
+
+def test_the_version_is_pyprojects() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    import bnfold
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert bnfold.__version__ == project["version"]

@@ -26,7 +26,7 @@ from typer._click.exceptions import (  # typer 0.26+ carries its own click
 )
 from typer.core import TyperGroup
 
-from bnfold import __version__
+from bnfold._version import __version__
 from bnfold.cli import bench as cli_bench
 from bnfold.cli import check as cli_check
 from bnfold.cli import fold as cli_fold

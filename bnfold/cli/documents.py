@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bnfold import __version__
+from bnfold._version import __version__
 from bnfold.fold.report import KINDS
 
 if TYPE_CHECKING:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bnfold.fold.rules import dequantized
 from bnfold.fold.rules.batchnorm import F64, per_channel
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.model import proto
@@ -90,9 +89,7 @@ def walk_chain(
                 continue
         if node.domain in ("", "ai.onnx") and node.op_type in producer_ops:
             return Chain(producer=node, through=through, adds=adds, is_dirty=is_dirty)
-        raise dequantized.activation_refusal(scope, node, through) or unsupported_producer(
-            node, through
-        )
+        raise activation_refusal(scope, node, through) or unsupported_producer(node, through)
 
 
 def unsupported_producer(node: proto.NodeProto, through: Sequence[proto.NodeProto]) -> Skip:
@@ -146,3 +143,42 @@ def optional_weight(scope: Scope, node: proto.NodeProto, index: int, label: str)
     if index >= len(node.input) or not node.input[index]:
         return None
     return weight(scope, node, index, label)
+
+
+def outer_producer(scope: Scope, name: str) -> tuple[proto.NodeProto | None, Scope]:
+    """The node that makes ``name`` as seen from ``scope`` (in it or a graph around it)."""
+    where: Scope | None = scope
+    while where is not None:
+        node = where.producer_of(name)
+        if node is not None or where.defines(name):
+            return node, where
+        where = where.parent
+    return None, scope
+
+
+def activation_refusal(
+    scope: Scope, node: proto.NodeProto, through: Sequence[proto.NodeProto]
+) -> Skip | None:
+    """The refusal for a BN whose walk back met ``node`` (through ``through``, nearest the BN
+    first) when that is a DequantizeLinear of an activation, else None."""
+    if not is_op(node, "DequantizeLinear") or not node.input or not node.input[0]:
+        return None
+    try:
+        scope.constant(node.input[0])
+        return None  # a dequantized constant, not an activation
+    except NotConstant:
+        pass
+    quant, _ = outer_producer(scope, node.input[0])
+    what = f" of {describe(quant)}" if quant is not None else ""
+    if quant is not None and is_op(quant, "QuantizeLinear") and quant.input:
+        layer, _ = outer_producer(scope, quant.input[0])
+        if layer is not None:
+            what += f" after {describe(layer)}"
+    via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
+    return Skip(
+        Reason.QUANTIZED_ACTIVATION,
+        f"it reads the quantized activation of {describe(node)}{what}{via}: the values are "
+        "rounded to the quantization grid before the normalization, so no layer can take it "
+        "exactly; fold BatchNormalization before quantizing (run bnfold on the float model, then "
+        "quantize it)",
+    )

@@ -27,11 +27,12 @@ BN exactly: the model has to be folded before it is quantized.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from bnfold.fold.rules.chain import outer_producer
 from bnfold.fold.rules.plan import FoldPlan, TensorUpdate
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded
@@ -216,22 +217,11 @@ def _int_attr(node: proto.NodeProto, name: str, default: int) -> int:
     )
 
 
-def _producer(scope: Scope, name: str) -> tuple[proto.NodeProto | None, Scope]:
-    """The node that makes ``name`` as seen from ``scope`` (in it or a graph around it)."""
-    where: Scope | None = scope
-    while where is not None:
-        node = where.producer_of(name)
-        if node is not None or where.defines(name):
-            return node, where
-        where = where.parent
-    return None, scope
-
-
 def find(scope: Scope, layer: proto.NodeProto, index: int, label: str) -> Dequantized | None:
     """The DequantizeLinear that makes input ``index`` of ``layer``, None when none does; Skip
     when it is one that no fold can go through (a non-constant or non-integer weight, ...)."""
     name = layer.input[index] if index < len(layer.input) else ""
-    dq, where = _producer(scope, name) if name else (None, scope)
+    dq, where = outer_producer(scope, name) if name else (None, scope)
     if dq is None or not is_op(dq, "DequantizeLinear"):
         return None
     ref = attr_is_reference(dq, ("axis", "block_size", "output_dtype"))
@@ -272,36 +262,8 @@ def find(scope: Scope, layer: proto.NodeProto, index: int, label: str) -> Dequan
     return Dequantized(dq, where, q, scale, layer, exclusive)
 
 
-def activation_refusal(
-    scope: Scope, node: proto.NodeProto, through: Sequence[proto.NodeProto]
-) -> Skip | None:
-    """The refusal for a BN whose walk back met ``node`` (through ``through``, nearest the BN
-    first) when that is a DequantizeLinear of an activation, else None."""
-    if not is_op(node, "DequantizeLinear") or not node.input or not node.input[0]:
-        return None
-    try:
-        scope.constant(node.input[0])
-        return None  # a dequantized constant, not an activation
-    except NotConstant:
-        pass
-    quant, _ = _producer(scope, node.input[0])
-    what = f" of {describe(quant)}" if quant is not None else ""
-    if quant is not None and is_op(quant, "QuantizeLinear") and quant.input:
-        layer, _ = _producer(scope, quant.input[0])
-        if layer is not None:
-            what += f" after {describe(layer)}"
-    via = " via " + ", ".join(n.op_type for n in reversed(through)) if through else ""
-    return Skip(
-        Reason.QUANTIZED_ACTIVATION,
-        f"it reads the quantized activation of {describe(node)}{what}{via}: the values are "
-        "rounded to the quantization grid before the normalization, so no layer can take it "
-        "exactly; fold BatchNormalization before quantizing (run bnfold on the float model, then "
-        "quantize it)",
-    )
-
-
 def dequantized_input(scope: Scope, layer: proto.NodeProto, index: int) -> proto.NodeProto | None:
     """The DequantizeLinear that makes input ``index`` of ``layer``, if one does."""
     name = layer.input[index] if index < len(layer.input) else ""
-    node, _ = _producer(scope, name) if name else (None, scope)
+    node, _ = outer_producer(scope, name) if name else (None, scope)
     return node if node is not None and is_op(node, "DequantizeLinear") else None
