@@ -24,21 +24,19 @@ import numpy.typing as npt
 from bnfold.numerics.dtypes import dtype_name
 
 
-def _load_messages() -> ModuleType:
-    name = "onnx.onnx_ml_pb2"
-    if name in sys.modules:
-        return sys.modules[name]
-    if "onnx" in sys.modules:
-        import onnx.onnx_ml_pb2 as loaded
-
-        return loaded
-    spec = importlib.util.find_spec("onnx")  # finds the package without running its __init__
+def _onnx_folder() -> str | None:
+    """Where the onnx package lies, found without running its ``__init__``."""
+    spec = importlib.util.find_spec("onnx")
     locations = spec.submodule_search_locations if spec is not None else None
-    if not locations:  # pragma: no cover - onnx is a dependency
-        raise ImportError("bnfold needs the onnx package")
-    file_spec = importlib.util.spec_from_file_location(name, f"{locations[0]}/onnx_ml_pb2.py")
+    return locations[0] if locations else None
+
+
+def _load_submodule(name: str, path: str) -> ModuleType:
+    """Execute the file ``path`` as the module ``name`` (a submodule of onnx), registered under
+    that name, so that a later ``import onnx`` finds it and uses the very same module."""
+    file_spec = importlib.util.spec_from_file_location(name, path)
     if file_spec is None or file_spec.loader is None:  # pragma: no cover
-        raise ImportError("onnx's onnx_ml_pb2 module was not found")
+        raise ImportError(f"onnx's {name} cannot be loaded from {path}")
     module = importlib.util.module_from_spec(file_spec)
     sys.modules[name] = module
     try:
@@ -47,6 +45,20 @@ def _load_messages() -> ModuleType:
         del sys.modules[name]
         raise
     return module
+
+
+def _load_messages() -> ModuleType:
+    name = "onnx.onnx_ml_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    if "onnx" in sys.modules:
+        import onnx.onnx_ml_pb2 as loaded
+
+        return loaded
+    folder = _onnx_folder()
+    if folder is None:  # pragma: no cover - onnx is a dependency
+        raise ImportError("bnfold needs the onnx package")
+    return _load_submodule(name, f"{folder}/onnx_ml_pb2.py")
 
 
 _pb = _load_messages()
@@ -77,24 +89,15 @@ def _load_extension() -> Any:
         return sys.modules[name]
     if "onnx" in sys.modules:
         return full_onnx().onnx_cpp2py_export
-    spec = importlib.util.find_spec("onnx")
-    locations = spec.submodule_search_locations if spec is not None else None
+    folder = _onnx_folder()
     paths = [
-        f"{locations[0]}/onnx_cpp2py_export{suffix}"
+        f"{folder}/onnx_cpp2py_export{suffix}"
         for suffix in importlib.machinery.EXTENSION_SUFFIXES
-        if locations and os.path.isfile(f"{locations[0]}/onnx_cpp2py_export{suffix}")
+        if folder and os.path.isfile(f"{folder}/onnx_cpp2py_export{suffix}")
     ]
-    file_spec = importlib.util.spec_from_file_location(name, paths[0]) if paths else None
-    if file_spec is None or file_spec.loader is None:  # pragma: no cover - a different layout
+    if not paths:  # pragma: no cover - a different layout
         return None
-    module = importlib.util.module_from_spec(file_spec)
-    sys.modules[name] = module
-    try:
-        file_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return _load_submodule(name, paths[0])
 
 
 def infer_shapes(model: ModelProto) -> ModelProto:
