@@ -388,3 +388,45 @@ def test_verification_child_does_not_import_onnx() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def _shapeless_conv_bn() -> onnx.ModelProto:
+    """Conv -> BN whose graph input declares no shape at all (onnx's checker wants one;
+    onnxruntime runs it, and shows the input as a scalar)."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32), "w")]
+    params = {
+        "scale": rng.uniform(-2, 2, 4),
+        "B": rng.normal(size=4),
+        "mean": rng.normal(size=4),
+        "var": rng.uniform(0.1, 4, 4),
+    }
+    inits += [numpy_helper.from_array(v.astype(np.float32), f"bn_{k}") for k, v in params.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node(
+            "BatchNormalization", ["c", "bn_scale", "bn_B", "bn_mean", "bn_var"], ["y"], name="bn"
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_an_input_without_a_shape_takes_the_shape_given(tmp_path: Path) -> None:
+    """Such an input's rank is unknown: --input-shape gives it, verification runs at it (it was
+    refused as "does not fit input 'x', declared []", so only --no-verify could write)."""
+    src, dst = tmp_path / "m.onnx", tmp_path / "m.folded.onnx"
+    onnx.save(_shapeless_conv_bn(), src)
+    onnx.save(fold_model(onnx.load(src)).model, dst)
+    report = verify(src, dst, input_shapes={"x": (2, 3, 5, 5)})
+    assert report.status == "passed" and report.input_shapes == {"x": [2, 3, 5, 5]}
+    with pytest.raises(UsageError, match="has no declared shape"):
+        verify(src, dst)  # nothing says which rank to make: the user is asked

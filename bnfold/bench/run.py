@@ -93,7 +93,7 @@ def benchmark(
     not have, a level that is none), InputError when a model cannot be read or run.
     """
     from bnfold.fold.engine import FoldEngine
-    from bnfold.model.reading import open_model_file
+    from bnfold.model.reading import open_model_file, shapeless_inputs
     from bnfold.model.writer import write_model
     from bnfold.runtime.child import run_child
 
@@ -106,6 +106,7 @@ def benchmark(
     src = Path(model)
     opened = open_model_file(src)
     original = opened.model
+    shapeless = shapeless_inputs(original)
     original_stats = _stats(src, original, opened.files())
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         work = Path(tmp)
@@ -142,6 +143,7 @@ def benchmark(
             "warmup": warmup,
             "threads": threads,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
+            "shapeless": shapeless,
             "seed": seed,
         }
         limit = None if timeout is None else timeout + max_seconds

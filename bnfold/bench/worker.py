@@ -63,7 +63,7 @@ def check_providers(providers: Sequence[str]) -> None:
 
 
 def open_session(
-    path: str, provider: str, level: str, threads: int | None
+    path: str, provider: str, level: str, threads: int | None, shapeless: Sequence[str] = ()
 ) -> tuple[Any, list[InputSpec]]:
     """A session of ``path`` on one execution provider at one optimization level."""
     try:
@@ -75,7 +75,7 @@ def open_session(
             f"onnxruntime did not use {provider} for the session (it fell back to "
             f"{', '.join(session.get_providers())}), so its timings would be mislabelled"
         )
-    return session, session_inputs(session)
+    return session, session_inputs(session, shapeless)
 
 
 def batch_plan(
@@ -139,7 +139,9 @@ def open_configs(request: dict[str, Any]) -> tuple[list[Config], list[dict[str, 
         for _ in range(tries):
             for key, level in plan:
                 start = time.perf_counter()
-                session, specs = open_session(request[key], provider, level, threads)
+                session, specs = open_session(
+                    request[key], provider, level, threads, request.get("shapeless") or ()
+                )
                 seconds = time.perf_counter() - start
                 best = min(seconds, opened[key, level][2]) if (key, level) in opened else seconds
                 opened[key, level] = (session, specs, best)

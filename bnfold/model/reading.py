@@ -166,3 +166,17 @@ def open_model_file(path: str | os.PathLike[str]) -> OpenedModel:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def shapeless_inputs(model: proto.ModelProto) -> list[str]:
+    """The graph inputs (not initializers) that declare no shape at all: their rank is unknown.
+    onnxruntime reports such an input as a scalar (shape []), so a child that runs the model is
+    told which inputs they are, to make data only of a shape the user gives."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [
+        vi.name
+        for vi in model.graph.input
+        if vi.name not in initializers
+        and vi.type.HasField("tensor_type")
+        and not vi.type.tensor_type.HasField("shape")
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from bnfold.runtime.inputs import InputSpec
@@ -50,12 +51,18 @@ def open_session(
         raise BackendError(first_line(exc)) from None
 
 
-def session_inputs(session: Any) -> list[InputSpec]:
-    """What an onnxruntime session wants fed; BackendError for a type bnfold cannot make."""
+def session_inputs(session: Any, shapeless: Collection[str] = ()) -> list[InputSpec]:
+    """What an onnxruntime session wants fed; BackendError for a type bnfold cannot make.
+    onnxruntime shows an input that declares no shape as a scalar: ``shapeless`` names them,
+    whose rank is then unknown (``InputSpec.shape`` None)."""
     specs = []
     for i in session.get_inputs():
         if i.type not in _ORT_TYPES:
             raise BackendError(f"input '{i.name}' has type {i.type}, which bnfold cannot feed")
-        shape = tuple(d if isinstance(d, int) else (d or None) for d in i.shape)
+        shape: tuple[int | str | None, ...] | None = tuple(
+            d if isinstance(d, int) else (d or None) for d in i.shape
+        )
+        if i.name in shapeless:
+            shape = None
         specs.append(InputSpec(i.name, _ORT_TYPES[i.type], shape))
     return specs

@@ -64,9 +64,11 @@ def verify(
         read_npz(inputs)  # here, before any child: a bad file is a usage error, not "unverified"
     start = time.perf_counter()
     with work_folder("bnfold-verify-", scratch_dir) as work:
+        shapeless: list[str] = []  # inputs that declare no shape, filled by _as_path
         request = {
-            "original": str(_as_path(original, work / "original.onnx", work)),
-            "candidate": str(_as_path(folded, work / "candidate.onnx", work)),
+            "original": str(_as_path(original, work / "original.onnx", work, shapeless)),
+            "candidate": str(_as_path(folded, work / "candidate.onnx", work, shapeless)),
+            "shapeless": shapeless,
             "input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()},
             "inputs": str(inputs) if inputs is not None else None,
             "samples": samples,
@@ -136,10 +138,16 @@ def check_options(
     return None if math.isinf(timeout) else float(timeout)
 
 
-def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work: Path) -> Path:
+def _as_path(
+    model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work: Path, shapeless: list[str]
+) -> Path:
+    """The model as a file the child can read (a ModelProto is saved into ``work``); the names
+    of its inputs that declare no shape are added to ``shapeless``."""
     from bnfold.model.proto import ModelProto
+    from bnfold.model.reading import open_model_file, shapeless_inputs
 
     if isinstance(model, ModelProto):
+        shapeless.extend(n for n in shapeless_inputs(model) if n not in shapeless)
         import onnx  # only to spill an in-memory model (onnx's import costs ~1 s)
 
         large = model.ByteSize() > 2**31 - 1
@@ -160,9 +168,8 @@ def _as_path(model: onnx.ModelProto | str | os.PathLike[str], spill: Path, work:
     # Before onnxruntime reads it: a model file is untrusted input, and its external data must be
     # files in its own folder, of the sizes its tensors say (~15 ms for a 100 MB model: the
     # weights are not read).
-    from bnfold.model.reading import open_model_file
-
-    open_model_file(path)
+    opened = open_model_file(path)
+    shapeless.extend(n for n in shapeless_inputs(opened.model) if n not in shapeless)
     return path
 
 

@@ -30,10 +30,14 @@ from bnfold.verification.samples import samples_for
 PROVIDERS = ("CPUExecutionProvider",)
 
 
-def ort_model(path: str) -> tuple[list[InputSpec], list[str], Runner]:
-    """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written."""
+def ort_model(
+    path: str, shapeless: Sequence[str] = ()
+) -> tuple[list[InputSpec], list[str], Runner]:
+    """An onnxruntime session at ORT_DISABLE_ALL: the comparison must see the model as written.
+    ``shapeless``: the inputs that declare no shape (onnxruntime shows them as scalars)."""
     session = open_session(path, provider=PROVIDERS[0])
-    specs, outputs = session_inputs(session), [o.name for o in session.get_outputs()]
+    specs = session_inputs(session, shapeless)
+    outputs = [o.name for o in session.get_outputs()]
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
@@ -85,9 +89,13 @@ def _compare_into(
 
 
 def run_request(request: dict[str, Any]) -> dict[str, Any]:
-    load = ort_model if request["backend"] == "onnxruntime" else reference_model
-    specs, outputs, run_a = load(request["original"])
-    specs_b, outputs_b, run_b = load(request["candidate"])
+    shapeless = request.get("shapeless") or ()
+    if request["backend"] == "onnxruntime":
+        specs, outputs, run_a = ort_model(request["original"], shapeless)
+        specs_b, outputs_b, run_b = ort_model(request["candidate"], shapeless)
+    else:
+        specs, outputs, run_a = reference_model(request["original"])
+        specs_b, outputs_b, run_b = reference_model(request["candidate"])
     _same_interface(specs, specs_b, outputs, outputs_b)
     samples = samples_for(specs, run_a, request)
     merged: dict[str, OutputComparison] = {}
