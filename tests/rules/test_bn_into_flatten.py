@@ -178,3 +178,45 @@ def test_view_of_another_size_is_refused() -> None:
     (decision,) = result.report.decisions
     assert decision.reason == "unknown_shape"
     assert result.model.SerializeToString() == model.SerializeToString()
+
+
+def _onnxscript_flatten(tail: int) -> onnx.ModelProto:
+    """x [N, C, 2H, 2W] -> MaxPool -> BN -> Reshape(n, Concat(Reshape(Squeeze(Shape(x)[0:1]),
+    [-1]), [tail]), allowzero=1) -> Gemm: torch's ``x.view(N, -1)`` through the dynamo exporter
+    without its optimizer (the batch read from the graph input, not from BN's input)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"], name="shape", start=0, end=1),
+        helper.make_node("Squeeze", ["xs"], ["n0"], name="squeeze"),
+        helper.make_node("Reshape", ["n0", "minus_one"], ["n1"], name="as_1d"),
+        helper.make_node("Concat", ["n1", "tail"], ["target"], name="concat", axis=0),
+        helper.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        bn_node("p", "n", "bn"),
+        helper.make_node("Reshape", ["n", "target"], ["f"], name="flat", allowzero=1),
+        helper.make_node("Gemm", ["f", "w", "c"], ["y"], name="fc", transB=1),
+    ]
+    inits = [
+        tensor("minus_one", np.array([-1], np.int64)),
+        tensor("tail", np.array([tail], np.int64)),
+        *bn_initializers("bn", bn_stats(RNG, C)),
+        tensor("w", RNG.normal(0, 0.4, (OUT, C * H * W)).astype(np.float32)),
+        tensor("c", RNG.normal(0, 1, OUT).astype(np.float32)),
+    ]
+    return make_model(
+        nodes,
+        [vinfo("x", TensorProto.FLOAT, ["N", C, 2 * H, 2 * W])],
+        [vinfo("y", TensorProto.FLOAT, ["N", OUT])],
+        inits,
+    )
+
+
+def test_flatten_with_a_computed_batch_folds_forward() -> None:
+    """The target is [?, C*H*W]: the computed first element can only be N (it was
+    unknown_shape, "takes its shape from a value that is not a constant")."""
+    result = assert_fold_matches(_onnxscript_flatten(C * H * W), expect_folded=1)
+    assert "after it through Reshape" in result.report.decisions[0].message
+
+
+def test_flatten_with_a_computed_batch_and_another_tail_is_refused() -> None:
+    """[?, C*H] would put W rows per sample: not the BN's columns in NCHW order."""
+    (d,) = fold_model(_onnxscript_flatten(C * H)).report.decisions
+    assert d.reason == "unknown_shape", d.message

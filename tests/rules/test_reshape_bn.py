@@ -361,3 +361,65 @@ def test_split_fold_is_float64_then_rounded_once() -> None:
 def test_split_into_another_channel_count() -> None:
     model = chain([3, 16], [("Reshape", [0, 8, 16])], 4, k=16, cols=128, layer="Gemm")
     _refused(model, "shape_mismatch", "columns into 8 groups of 16")
+
+
+# -- computed targets (torch's x.view(x.size(0), ...)) and Shape readers ---------------------------
+
+
+def _view_size0(
+    rest: list[int], *, shape_of: str = "g", channels: int = 8, extra_reader: bool = False
+) -> onnx.ModelProto:
+    """Gemm [N, 16] -> [N, 128] -> Reshape to Concat(Unsqueeze(Gather(Shape(v), 0)), rest) -> BN:
+    the legacy exporter's ``y.view(y.size(0), 8, 4, 4)`` (v is the Gemm's output) and
+    ``nn.Unflatten``; ``extra_reader``: the Reshape's output is read by a Shape too."""
+    rng = np.random.default_rng(21)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1, name="gemm"),
+        helper.make_node("Shape", [shape_of], ["gs"], name="shape"),
+        helper.make_node("Gather", ["gs", "zero"], ["n"], axis=0, name="gather"),
+        helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"], name="unsqueeze"),
+        helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0, name="concat"),
+        helper.make_node("Reshape", ["g", "target"], ["r"], name="reshape"),
+        bn_node("r", "y", "bn"),
+    ]
+    outputs = [vinfo("y", TensorProto.FLOAT, ["N", *rest])]
+    if extra_reader:
+        nodes.append(helper.make_node("Shape", ["r"], ["rs"], name="shape_r"))
+        outputs.append(vinfo("rs", TensorProto.INT64, [len(rest) + 1]))
+    inits = [
+        tensor("w", rng.normal(0, 0.5, (128, 16)).astype(np.float32)),
+        tensor("b", rng.normal(0, 1, 128).astype(np.float32)),
+        tensor("zero", np.array(0, np.int64)),
+        tensor("ax0", np.array([0], np.int64)),
+        tensor("rest", np.array(rest, np.int64)),
+        *bn_initializers("bn", bn_stats(rng, channels)),
+    ]
+    return make_model(nodes, [vinfo("x", TensorProto.FLOAT, ["N", 16])], outputs, inits)
+
+
+@pytest.mark.parametrize("shape_of", ["g", "x"])
+def test_view_with_the_batch_from_a_shape_folds(shape_of: str) -> None:
+    """The target's first element is computed; the rest, 8*4*4, is the Gemm's 128 columns, so it
+    can only be N: the Reshape keeps the batch. The Shape that reads the Gemm's output reads its
+    shape only, which the fold keeps (it was refused as shared_output)."""
+    result = assert_fold_matches(_view_size0([8, 4, 4], shape_of=shape_of), expect_folded=1)
+    (d,) = result.report.decisions
+    assert "each channel is 16 consecutive columns" in d.message
+    assert count_ops(result.model, "Shape") == 1
+    model = _view_size0([8, 4, 4], shape_of=shape_of)
+    x = np.random.default_rng(1).standard_normal((3, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        run_ort(result.model, {"x": x})[0], run_ort(model, {"x": x})[0], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_a_computed_target_that_does_not_hold_the_columns_is_refused() -> None:
+    """[?, 8, 4, 2] is 64 of the 128 columns: the first element would be 2N, not the batch."""
+    model = _view_size0([8, 4, 2])
+    _refused(model, "unknown_shape")
+
+
+def test_a_shape_reading_the_bn_input_is_still_shared() -> None:
+    """A Shape reading the Reshape's output (BN's input) would lose its value when the Reshape
+    takes over the BN's output: that stays shared_output."""
+    _refused(_view_size0([8, 4, 4], extra_reader=True), "shared_output", "Shape 'shape_r'")

@@ -29,13 +29,23 @@ class Chain:
     is_dirty: Callable[[proto.NodeProto], bool] = field(default=lambda node: False, repr=False)
 
 
-def check_single_use(scope: Scope, name: str, reader: proto.NodeProto) -> None:
+def check_single_use(
+    scope: Scope, name: str, reader: proto.NodeProto, *, shape_readers: bool = False
+) -> None:
+    """Skip unless ``reader`` alone reads ``name`` (and it is no graph output): the fold changes
+    its values. With ``shape_readers``, Shape nodes may read it too: a value that keeps its name
+    and its shape through the fold (one the layer, or a Reshape after it, still writes)."""
     if name in scope.output_set:
         raise Skip(
             Reason.GRAPH_OUTPUT,
             f"'{name}' (before it) is also a graph output, which must keep its value",
         )
-    if scope.uses(name) != 1:
+    shapes = [
+        n
+        for n in scope.consumer_nodes(name)
+        if shape_readers and n is not reader and is_op(n, "Shape") and list(n.input) == [name]
+    ]
+    if scope.uses(name) - len(shapes) != 1:
         others = [describe(n) for n in scope.consumer_nodes(name) if n is not reader]
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise Skip(
@@ -51,9 +61,11 @@ def walk_chain(
     producer_ops: tuple[str, ...],
     is_dirty: Callable[[proto.NodeProto], bool] = lambda node: False,
     start: str | None = None,
+    shape_readers: bool = False,
 ) -> Chain:
     """Follow BN's input (or ``start``, the data input of a Mul/Add) back through Identity and
-    constant Add nodes to the layer that makes it.
+    constant Add nodes to the layer that makes it. With ``shape_readers``, Shape nodes may also
+    read ``start``, which keeps its name and shape (see ``check_single_use``).
 
     Raises Defer on meeting a node that an earlier fold of this pass changed.
     """
@@ -75,7 +87,7 @@ def walk_chain(
             raise Skip(Reason.NO_PRODUCER, f"its input '{name}' is {where}, not a layer output")
         if is_dirty(node):
             raise Defer
-        check_single_use(scope, name, reader)
+        check_single_use(scope, name, reader, shape_readers=shape_readers and not through)
         if is_op(node, "Identity"):
             through.append(node)
             name, reader = node.input[0], node

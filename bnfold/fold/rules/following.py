@@ -3,6 +3,8 @@ directly or through a Flatten/Reshape to [N, C*HW], and the columns each channel
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,7 +138,7 @@ def flattened_spatial(ctx: RuleContext, scope: Scope, bn: BatchNorm, following: 
                 "rows and columns that do not keep the batch axis apart from the channels",
             )
         return spatial
-    _check_reshape_flattens(scope, flatten, shape, spatial * bn.channels, (bn.x, bn.y))
+    _check_reshape_flattens(ctx, scope, flatten, shape, spatial * bn.channels, (bn.x, bn.y))
     return spatial
 
 
@@ -175,8 +177,54 @@ def _batch_then_minus_one(scope: Scope, name: str, same: tuple[str, str]) -> boo
     )
 
 
+def computed_target(ctx: RuleContext, scope: Scope, name: str) -> list[int | None] | None:
+    """The elements of a Reshape's shape input: numbers where they are constants, None where a
+    piece is computed at run time (torch's ``x.size(0)`` as Unsqueeze(Gather(Shape(x), 0)),
+    onnxscript's Reshape(Squeeze(Shape(x)[0:1]), [-1])); None when its length cannot be told.
+    Only a constant or a Concat (axis 0) of constants and pieces of known length is read."""
+    try:
+        return [int(d) for d in np.asarray(scope.constant(name).array()).reshape(-1)]
+    except NotConstant:
+        pass
+    node = scope.producer_of(name)
+    if node is None or not is_op(node, "Concat") or attr_is_reference(node, ("axis",)):
+        return None
+    if int(get_attr(node, "axis", 0)) not in (0, -1):
+        return None
+    elements: list[int | None] = []
+    for piece in node.input:
+        try:
+            elements += [int(d) for d in np.asarray(scope.constant(piece).array()).reshape(-1)]
+            continue
+        except NotConstant:
+            pass
+        length = ctx.shape(scope, piece)
+        if length is None or len(length) != 1 or length[0] is None:
+            return None
+        elements += [None] * int(length[0])
+    return elements
+
+
+def keeps_batch(target: Sequence[int | None], shape: Shape) -> bool:
+    """True when a Reshape of ``shape`` to ``target`` [?, d1, ..., dk] (the first element
+    computed at run time, the others constants > 0) keeps the batch axis: d1 * ... * dk is the
+    number of elements of ``shape[1:]``, so the first element can only be N (any other value
+    would not fit the element count, and the model would fail at run time)."""
+    if len(target) < 2 or target[0] is not None or any(d is None for d in shape[1:]):
+        return False
+    rest = [d for d in target[1:] if d is not None]
+    if len(rest) != len(target) - 1 or any(d <= 0 for d in rest):
+        return False
+    return math.prod(rest) == math.prod(int(d) for d in shape[1:] if d is not None)
+
+
 def _check_reshape_flattens(
-    scope: Scope, reshape: proto.NodeProto, shape: Shape, columns: int, same: tuple[str, str]
+    ctx: RuleContext,
+    scope: Scope,
+    reshape: proto.NodeProto,
+    shape: Shape,
+    columns: int,
+    same: tuple[str, str],
 ) -> None:
     """Skip unless the Reshape turns ``shape`` [N, C, ...] into [N, C*HW] (N kept as a 0, a -1,
     or its own known value, or read from the shape of ``same``, BN's input or output)."""
@@ -187,6 +235,9 @@ def _check_reshape_flattens(
         dims = [int(d) for d in np.asarray(target.array()).reshape(-1)]
         known = len(target.shape) == 1 and len(dims) == 2
     except NotConstant as exc:
+        computed = computed_target(ctx, scope, name)
+        if computed is not None and keeps_batch(computed, shape):
+            return  # [N, C*HW] (its first element computed, the element count fixes it)
         if not _batch_then_minus_one(scope, name, same):
             raise Skip(
                 Reason.UNKNOWN_SHAPE,

@@ -43,6 +43,7 @@ from bnfold.fold.rules.chain import (
     weight,
 )
 from bnfold.fold.rules.dequantized import Dequantized
+from bnfold.fold.rules.following import computed_target, keeps_batch
 from bnfold.fold.rules.plan import FoldPlan, RuleContext, TensorUpdate
 from bnfold.fold.rules.reasons import Defer, Reason, Skip, describe
 from bnfold.fold.rules.rounding import rounded, rounded_scaled
@@ -71,10 +72,13 @@ class ReshapeBN(IntoLayersRule):
                 break
             if chain.is_dirty(node):
                 raise Defer
-            check_single_use(scope, name, moves[-1])
+            # a Shape may read it too (torch's x.view(x.size(0), ...)): its shape stays
+            check_single_use(scope, name, moves[-1], shape_readers=True)
             moves.append(node)
             name = node.input[0]
-        sub = walk_chain(scope, moves[-1], tuple(self.layers), chain.is_dirty, start=name)
+        sub = walk_chain(
+            scope, moves[-1], tuple(self.layers), chain.is_dirty, start=name, shape_readers=True
+        )
         layer = sub.producer
         shape = ctx.shape(scope, name)
         if shape is None:
@@ -185,6 +189,11 @@ def _follow(
             )
         return perm.index(axis), group, tuple(shape[p] for p in perm)
     out = ctx.shape(scope, node.output[0])
+    kept = False  # the batch axis is kept, whatever the target's first element computes
+    if is_op(node, "Reshape") and len(node.input) > 1 and (out is None or None in out[1:]):
+        target = computed_target(ctx, scope, node.input[1])
+        if target is not None and keeps_batch(target, shape):
+            out, kept = (shape[0], *(int(d) for d in target[1:] if d is not None)), True
     if out is None or any(d is None for d in (*shape[1:], *out[1:])):
         raise Skip(
             Reason.UNKNOWN_SHAPE,
@@ -192,7 +201,7 @@ def _follow(
             f"{list(out) if out is not None else 'an unknown shape'}: where the layer's columns "
             "go cannot be told",
         )
-    if (shape[0] is None or out[0] is None) and not _keeps_batch(scope, node, shape, out):
+    if (shape[0] is None or out[0] is None) and not (kept or _keeps_batch(scope, node, shape, out)):
         # a split is told from the dimensions after the batch axis alone (row-major strides)
         if axis >= 1 and (_outermost_factor(shape, out, axis) or _cuts(shape, out, axis)):
             return _split(node, shape, out, axis, group)
