@@ -1,5 +1,5 @@
 """How ``bnfold bench`` shows its results to a person: per-model tables, the speedups with their
-intervals, and the baseline comparison."""
+intervals ("no measurable difference" when an interval holds 1), and the baseline comparison."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from bnfold.bench.baseline import BaselineComparison, Change
-    from bnfold.bench.report import BenchReport
+    from bnfold.bench.report import BenchReport, Speedup
 
 
 def _interval(lo: float, hi: float) -> str:
@@ -40,17 +40,32 @@ def render(ui: Ui, report: BenchReport) -> None:
         where = ""
         if len(report.speedups) > 1:
             where = f" ({g.provider.removesuffix('ExecutionProvider')}, batch {g.batch_size})"
-        parts = []
-        for key, s in g.speedups.items():
-            what = "the original's speed" if key == "vs_original" else f"ORT {key[7:]}"
-            parts.append(f"{s} {what}")
-        ui.say(f"folded{where}: " + escape(", ".join(parts)))
+        parts = [_speedup_text(key, s) for key, s in g.speedups.items()]
+        text = f"folded{where}: " + ", ".join(parts)
+        if len(text) <= ui.width:
+            ui.say(escape(text))
+        else:  # one speedup a line: a narrow terminal breaks between them, not inside one
+            ui.say(escape(f"folded{where}:"))
+            for part in parts:
+                ui.say(escape(part), indent=2)
     if report.noisy:
         ui.warn(line + " (try --max-seconds, --threads 1, or a quieter machine)")
     else:
         ui.say(escape(line))
     for note in report.notes:
         ui.say(f"note: {escape(note)}")
+
+
+def _speedup_text(key: str, s: Speedup) -> str:
+    """A speedup as the summary says it: "1.10x [1.08, 1.13] the original's speed", or, when
+    its 95% interval holds 1, "no measurable difference from the original (0.78x to 2.24x)":
+    a ratio whose interval allows both slower and faster is no speedup to quote."""
+    original = key == "vs_original"
+    if s.significant:
+        return f"{s} " + ("the original's speed" if original else f"ORT {key[7:]}")
+    name = "the original" if original else f"ORT {key[7:]}"
+    lo, hi = s.ci95
+    return f"no measurable difference from {name} ({lo:.2f}x to {hi:.2f}x)"
 
 
 def _bench_table(report: BenchReport) -> Table:
