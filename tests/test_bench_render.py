@@ -1,5 +1,6 @@
 """What ``bnfold bench`` shows a person, on constructed reports (fixed numbers, no timing): a
-speedup whose 95% interval holds 1 is "no measurable difference", never a number."""
+speedup whose 95% interval holds 1 is "no measurable difference", never a number; the report
+fits 80 columns without cutting a configuration."""
 
 from __future__ import annotations
 
@@ -129,3 +130,24 @@ def test_bench_json_keeps_the_numbers_and_says_whether_they_are_significant(
     }
     assert bench["speedups"][1]["vs_original"]["significant"] is True
     assert "no measurable difference" not in out
+
+
+def test_bench_table_at_80_columns_cuts_no_configuration(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bnfold.bench.run
+
+    report = _batches(str(model), [1, 4])
+    monkeypatch.setattr(bnfold.bench.run, "benchmark", _fake_benchmark(report))
+    code, out, _ = invoke("bench", str(model), columns=80)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "\u2026" not in out  # nothing cut
+    for label in ("original @ disable_all", "original @ basic", "folded @ disable_all"):
+        assert sum(label in line for line in out.splitlines()) == 2  # batch 1 and 4
+    assert "original: 9 nodes, 3 BN, 0.0 MB; folded: 6 nodes, 0 BN, 0.0 MB" in out
+    for r in report.runs:  # every interval there, its numbers whole
+        assert f"[{r.ci95_ms[0]:.3f}," in out and f"{r.ci95_ms[1]:.3f}]" in out
+    # wide enough, the table has a column per number as before
+    code, out, _ = invoke("bench", str(model), columns=200)
+    assert "original @ ORT_ENABLE_BASIC" in out and "session ms" in out

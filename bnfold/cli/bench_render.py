@@ -1,5 +1,6 @@
-"""How ``bnfold bench`` shows its results to a person: per-model tables, the speedups with their
-intervals ("no measurable difference" when an interval holds 1), and the baseline comparison."""
+"""How ``bnfold bench`` shows its results to a person: per-model tables (narrower ones that cut
+nothing on a narrow terminal), the speedups with their intervals ("no measurable difference"
+when an interval holds 1), and the baseline comparison."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def render(ui: Ui, report: BenchReport) -> None:
         if report.noisy:
             ui.warn(line)
         return
-    ui.show(lambda: _bench_table(report))
+    ui.show(lambda: _fitting_table(ui, report))
     for g in report.speedups:
         where = ""
         if len(report.speedups) > 1:
@@ -68,12 +69,63 @@ def _speedup_text(key: str, s: Speedup) -> str:
     return f"no measurable difference from {name} ({lo:.2f}x to {hi:.2f}x)"
 
 
-def _bench_table(report: BenchReport) -> Table:
+def _fitting_table(ui: Ui, report: BenchReport) -> Table:
+    """The table with a column per number when it fits the terminal; narrower, the models'
+    sizes and node counts go below it and the levels are named short, so that the
+    configurations and intervals are not cut."""
+    from rich.measure import Measurement
+
+    wide = _bench_table(report)
+    console = ui.out
+    # measured without the terminal's limit: the width the table needs to cut nothing
+    unbounded = console.options.update_width(10_000)
+    if Measurement.get(console, unbounded, wide).maximum <= ui.width:
+        return wide
+    return _narrow_table(report)
+
+
+def _title(report: BenchReport) -> str:
     shapes = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in report.input_shapes.items())
-    table = _table(
+    return (
         f"{report.model}  ({shapes}; {report.rounds} rounds after {report.warmup} warm-up, "
         f"threads: {report.threads or 'default'})"
     )
+
+
+def _narrow_table(report: BenchReport) -> Table:
+    """The runs for a narrow terminal: "original @ basic", latencies and intervals; the models'
+    nodes, BatchNormalization count and size in the caption."""
+    table = _table(_title(report))
+    table.caption = escape(
+        "; ".join(
+            f"{name}: {stats.nodes} nodes, {stats.batchnorms} BN, {stats.size_bytes / 1e6:.1f} MB"
+            for name, stats in (("original", report.original), ("folded", report.folded))
+        )
+    )
+    table.caption_justify = "left"
+    several = len({r.provider for r in report.runs}) > 1
+    table.add_column("configuration", no_wrap=True)
+    if several:
+        table.add_column("provider", no_wrap=True)
+    for column in ("batch", "median ms", "95% CI", "p90 ms", "session ms"):
+        table.add_column(column, justify="right")
+    for r in report.runs:
+        row = [f"{r.model} @ {r.optimization}"]
+        if several:
+            row.append(r.provider.removesuffix("ExecutionProvider"))
+        row += [
+            "-" if r.batch_size is None else str(r.batch_size),
+            f"{r.median_ms:.3f}",
+            _interval(*r.ci95_ms),
+            f"{r.p90_ms:.3f}",
+            f"{r.session_ms:.1f}",
+        ]
+        table.add_row(*row)
+    return table
+
+
+def _bench_table(report: BenchReport) -> Table:
+    table = _table(_title(report))
     several = len({r.provider for r in report.runs}) > 1
     columns = ["configuration"]
     if several:
