@@ -1,12 +1,15 @@
 """What ``bnfold bench`` shows a person, on constructed reports (fixed numbers, no timing): a
 speedup whose 95% interval holds 1 is "no measurable difference", never a number; the report
-fits 80 columns without cutting a configuration."""
+fits 80 columns without cutting a configuration; and the plot's geometry: medians labelled at
+the median, a panel for every batch size (or a note saying which), the legend off the data."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -151,3 +154,141 @@ def test_bench_table_at_80_columns_cuts_no_configuration(
     # wide enough, the table has a column per number as before
     code, out, _ = invoke("bench", str(model), columns=200)
     assert "original @ ORT_ENABLE_BASIC" in out and "session ms" in out
+
+
+# -- the plot ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures ``plot`` saves, kept (and drawn) for their geometry."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures: list[Any] = []
+    save = Figure.savefig
+
+    def keep(self: Any, *args: Any, **kwargs: Any) -> None:
+        save(self, *args, **kwargs)
+        figures.append(self)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _renderer(fig: Any) -> Any:
+    """The figure drawn again as it was saved (closing it took its canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def _title(ax: Any) -> str:
+    """A panel's title as one line of plain spaces."""
+    return " ".join(ax.get_title(loc="left").replace("\u00a0", " ").split())
+
+
+def _distribution_axes(fig: Any) -> list[Any]:
+    return [ax for ax in fig.axes if ax.get_xlabel().startswith("latency per run")]
+
+
+def test_plot_labels_each_median_at_the_median(tmp_path: Path, drawn: list[Any]) -> None:
+    from bnfold.bench.plot import plot
+
+    report = _batches(str(tmp_path / "net.onnx"), [1, 4])
+    plot(report, tmp_path / "p.png")
+    (fig,) = drawn
+    renderer = _renderer(fig)
+    panels = _distribution_axes(fig)
+    assert panels
+    for ax in panels:
+        batch = 1 if "batch 1:" in _title(ax) else 4
+        runs = [r for r in report.runs if r.batch_size == batch]
+        labels = [t for t in ax.texts if t.get_text().startswith("median ")]
+        assert len(labels) == len(runs)
+        for row, (label, run) in enumerate(zip(labels, runs, strict=True), 1):
+            assert label.get_text() == f"median {run.median_ms:.3g} ms"
+            x, _ = label.get_position()
+            assert x == run.median_ms  # at the median, not at a whisker
+            p95 = float(np.percentile(run.samples_ms, 95))
+            assert abs(x - p95) > 0.1 * run.median_ms  # the two are far apart here
+            # drawn over the median: its box spans the median's place on the axis
+            box = label.get_window_extent(renderer)
+            at = ax.transData.transform((run.median_ms, row))
+            assert box.x0 <= at[0] <= box.x1
+            # and next to its own row: nearer its row than the one before
+            centre = ax.transData.inverted().transform(((box.x0 + box.x1) / 2, box.y0))[1]
+            assert row - 0.5 < centre <= row
+
+
+def test_plot_shows_every_batch_size(tmp_path: Path, drawn: list[Any]) -> None:
+    from bnfold.bench.plot import plot
+
+    report = _batches(str(tmp_path / "net.onnx"), [1, 4, 16])
+    plot([report, _report(path="/somewhere/other.onnx")], tmp_path / "p.png")
+    (fig,) = drawn
+    titles = [_title(ax) for ax in _distribution_axes(fig)]
+    assert len(titles) == 4
+    for b in (1, 4, 16):
+        assert sum(f"net.onnx, batch {b}:" in t for t in titles) == 1
+    # each panel's title has its own batch size's speedups
+    batch_1 = next(t for t in titles if "batch 1:" in t)
+    batch_4 = next(t for t in titles if "batch 4:" in t)
+    assert "no measurable difference (0.78x to 2.24x)" in batch_1 and "1.69x" not in batch_1
+    assert "vs original 1.10x [1.08, 1.13]" in batch_4
+    per_item = [ax for ax in fig.axes if ax.get_xlabel() == "batch size"]
+    assert len(per_item) == 1
+    assert [int(float(t)) for t in per_item[0].get_xticks()] == [1, 4, 16]
+
+
+def test_plot_of_more_batch_sizes_than_fit_says_which_it_shows(
+    tmp_path: Path, drawn: list[Any]
+) -> None:
+    from bnfold.bench.plot import plot
+
+    sizes = list(range(1, 41))
+    report = _batches(str(tmp_path / "wide.onnx"), sizes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a layout matplotlib gave up on warns
+        plot(report, tmp_path / "p.png")
+    (fig,) = drawn
+    titles = [_title(ax) for ax in _distribution_axes(fig)]
+    assert 2 <= len(titles) <= 24  # MAX_PANELS: a figure of 40 panels is 120 inches high
+    shown = [int(t.split("batch ")[1].split(":")[0]) for t in titles]
+    assert shown[0] == 1 and shown[-1] == 40  # the smallest and the largest
+    note = " ".join(" ".join(t.get_text() for t in fig.texts).split())
+    assert f"distributions at batch sizes {', '.join(map(str, shown))} of 1, 2, 3" in note
+    assert fig.get_figheight() < 100  # inches: the figure's size is bounded
+
+
+def test_plot_keeps_the_legend_off_the_data(tmp_path: Path, drawn: list[Any]) -> None:
+    from bnfold.bench.plot import plot
+
+    report = _batches(str(tmp_path / "net.onnx"), [1, 2, 4, 8])
+    plot([report, _batches(str(tmp_path / "other.onnx"), [1, 8])], tmp_path / "p.png")
+    (fig,) = drawn
+    renderer = _renderer(fig)
+    legends = [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    figure_box = fig.bbox
+    for ax, legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not box.overlaps(ax.get_window_extent(renderer))  # outside the data area
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1  # and in the picture
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1
+        for other in fig.axes:  # over no other panel either
+            assert not box.overlaps(other.get_window_extent(renderer))
+
+
+def test_plot_of_more_models_than_fit_says_how_many_it_shows(
+    tmp_path: Path, drawn: list[Any]
+) -> None:
+    from bnfold.bench.plot import plot
+
+    reports = [_report(path=f"/models/m{k}.onnx") for k in range(30)]
+    plot(reports, tmp_path / "p.png")
+    (fig,) = drawn
+    assert len(_distribution_axes(fig)) == 24
+    assert "the first 24 of 30 models are shown" in " ".join(t.get_text() for t in fig.texts)
