@@ -18,7 +18,7 @@ import pytest
 
 from bnfold.bench.report import BenchReport, Latency, Speedup, SpeedupGroup
 from bnfold.cli.schema import SCHEMA
-from tests.test_bench import _chain, _fake_benchmark, _report
+from tests.test_bench import _chain, _document, _fake_benchmark, _report
 from tests.test_cli import invoke
 
 #: the speedup from the issue: 1.69x, but its interval holds 1
@@ -154,6 +154,29 @@ def test_bench_table_at_80_columns_cuts_no_configuration(
     # wide enough, the table has a column per number as before
     code, out, _ = invoke("bench", str(model), columns=200)
     assert "original @ ORT_ENABLE_BASIC" in out and "session ms" in out
+
+
+def test_bench_baseline_at_80_columns_cuts_no_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bnfold.bench.run
+
+    model = tmp_path / "net.onnx"  # matched with the baseline's by file name
+    onnx.save(_chain(), model)
+    monkeypatch.setattr(bnfold.bench.run, "benchmark", _fake_benchmark(_report(1.0, str(model))))
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(_document(_report(0.8))))  # the folded run was faster then
+    code, out, _ = invoke("bench", str(model), "--baseline", str(baseline), columns=80)
+    assert code == 1
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "\u2026" not in out
+    verdicts = [line.split()[0] for line in lines if "net.onnx" in line and "@" in line]
+    assert verdicts == ["same", "same", "slower"]
+    assert "0.800 -> 1.000 ms, +25.0% [" in out
+    # wide enough: the table
+    code, out, _ = invoke("bench", str(model), "--baseline", str(baseline), columns=200)
+    assert code == 1 and "then ms" in out and "verdict" in out
 
 
 # -- the plot ---------------------------------------------------------------------------------

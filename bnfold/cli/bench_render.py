@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bnfold.cli.ui import Ui, escape
+from bnfold.cli.ui import Ui, escape, shorten
 from bnfold.cli.ui import table as _table
 
 if TYPE_CHECKING:
@@ -73,15 +73,18 @@ def _fitting_table(ui: Ui, report: BenchReport) -> Table:
     """The table with a column per number when it fits the terminal; narrower, the models'
     sizes and node counts go below it and the levels are named short, so that the
     configurations and intervals are not cut."""
+    wide = _bench_table(report)
+    return wide if _fits(ui, wide) else _narrow_table(report)
+
+
+def _fits(ui: Ui, table: Table) -> bool:
+    """Whether ``table`` fits the terminal without rich cutting or wrapping a cell."""
     from rich.measure import Measurement
 
-    wide = _bench_table(report)
     console = ui.out
     # measured without the terminal's limit: the width the table needs to cut nothing
     unbounded = console.options.update_width(10_000)
-    if Measurement.get(console, unbounded, wide).maximum <= ui.width:
-        return wide
-    return _narrow_table(report)
+    return Measurement.get(console, unbounded, table).maximum <= ui.width
 
 
 def _title(report: BenchReport) -> str:
@@ -154,22 +157,60 @@ def _bench_table(report: BenchReport) -> Table:
     return table
 
 
-def baseline_table(c: BaselineComparison) -> Table:
+def render_baseline(ui: Ui, c: BaselineComparison) -> None:
+    """The comparison with a baseline: a table when it fits the terminal, else lines per
+    configuration, the verdict first, so that a narrow terminal cuts none of it."""
+    if not ui.reports:
+        return
+    table = baseline_table(c)
+    if _fits(ui, table):
+        ui.show(lambda: table)
+        return
+    ui.say(escape(_baseline_title(c)))
+    for ch in c.changes:
+        style = _VERDICT_STYLE[ch.verdict]
+        verdict = f"{ch.verdict:<6}"
+        verdict = f"[{style}]{verdict}[/]" if style else verdict
+        batch = "" if ch.batch_size is None else f", batch {ch.batch_size}"
+        what = shorten(f"{ch.model} {_change_label(ch)}{batch}", max(8, ui.width - 10))
+        ui.say(f"  {verdict}  {escape(what)}")
+        numbers = (
+            f"{ch.baseline_ms:.3f} -> {ch.median_ms:.3f} ms, {ch.ratio - 1:+.1%} "
+            f"[{ch.ci95[0] - 1:+.1%}, {ch.ci95[1] - 1:+.1%}]"
+        )
+        ui.say(escape(numbers), indent=10)
+        if relative := _relative(ch):
+            ui.say(escape(f"vs original {relative}"), indent=10)
+    for label in c.unmatched:
+        ui.say(escape(f"not in the baseline: {label}"), indent=2)
+
+
+_VERDICT_STYLE = {"slower": "red", "faster": "green", "same": ""}
+
+
+def _baseline_title(c: BaselineComparison) -> str:
     how = "; folded judged relative to the original" if c.relative else ""
-    table = _table(f"against {c.path} (now / then; slower only beyond +{c.max_slowdown:.0%}{how})")
+    return f"against {c.path} (now / then; slower only beyond +{c.max_slowdown:.0%}{how})"
+
+
+def _change_label(ch: Change) -> str:
+    return f"{ch.run} @ {ch.optimization} {ch.provider.removesuffix('ExecutionProvider')}"
+
+
+def baseline_table(c: BaselineComparison) -> Table:
+    table = _table(_baseline_title(c))
     columns = ("model", "configuration", "batch", "then ms", "now ms", "change", "95% CI")
     for column in (*columns, "vs original"):
         table.add_column(
             column, justify="left" if column in ("model", "configuration") else "right"
         )
     table.add_column("verdict")
-    style = {"slower": "red", "faster": "green", "same": ""}
+    style = _VERDICT_STYLE
     for ch in c.changes:
-        label = f"{ch.run} @ {ch.optimization} {ch.provider.removesuffix('ExecutionProvider')}"
         verdict = f"[{style[ch.verdict]}]{ch.verdict}[/]" if style[ch.verdict] else ch.verdict
         table.add_row(
             escape(ch.model),
-            escape(label),
+            escape(_change_label(ch)),
             "-" if ch.batch_size is None else str(ch.batch_size),
             f"{ch.baseline_ms:.3f}",
             f"{ch.median_ms:.3f}",
