@@ -220,7 +220,10 @@ def test_bench_command_table_on_stdout(chain: Path) -> None:
     # stderr holds warnings at most (a noisy machine says so); the report is on stdout
     assert code == 0 and all(line.startswith("warning:") for line in err.splitlines()), err
     assert "folded @ ORT_DISABLE_ALL" in out and "original @ ORT_ENABLE_BASIC" in out
-    assert "the original's speed" in out and "95% CI" in out
+    assert "95% CI" in out
+    # a speedup, or none that this tiny model's noise lets one measure
+    text = " ".join(out.split())
+    assert "the original's speed" in text or "no measurable difference from the original" in text
 
 
 def test_bench_batch_sizes_and_levels_from_the_command(chain: Path, fixed: Path) -> None:

@@ -116,8 +116,15 @@ class Speedup:
     median: float
     ci95: tuple[float, float]
 
+    @property
+    def significant(self) -> bool:
+        """Whether the 95% interval excludes 1.0: only then did folding measurably change the
+        speed (an interval that holds 1 says as much for "slower" as for "faster")."""
+        lo, hi = self.ci95
+        return lo > 1.0 or hi < 1.0
+
     def to_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "ci95": list(self.ci95)}
+        return {"median": self.median, "ci95": list(self.ci95), "significant": self.significant}
 
     def __str__(self) -> str:
         return f"{self.median:.2f}x [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]"

@@ -21,7 +21,7 @@ from bnfold.bench.defaults import (
     DEFAULT_TARGET_CI,
     DEFAULT_WARMUP,
 )
-from bnfold.cli.bench_render import baseline_table, render
+from bnfold.cli.bench_render import render, render_baseline
 from bnfold.cli.documents import header
 from bnfold.cli.fold import MODELS_ARG
 from bnfold.cli.options import SEED_OPT, SHAPE_OPT, OutputGroup
@@ -176,7 +176,7 @@ def bench_cmd(
         raise _stopped(ui, exc, as_json) from None
     code = max([e.exit_code for _, e in errors], default=EXIT_OK)
     if comparison is not None:
-        ui.show(lambda: baseline_table(comparison))
+        render_baseline(ui, comparison)
         if comparison.regressed:
             code = max(code, EXIT_FAILED)
             how = " relative to the original" if relative else ""

@@ -176,7 +176,8 @@ _VERIFY = _object(
 )
 
 _INTERVAL = {"type": "array", "items": _NUMBER_OR_NULL, "minItems": 2, "maxItems": 2}
-_SPEEDUP = _object({"median": _NUMBER_OR_NULL, "ci95": _INTERVAL})
+#: significant: the interval excludes 1 (absent in documents written before it was added)
+_SPEEDUP = _object({"median": _NUMBER_OR_NULL, "ci95": _INTERVAL}, significant={"type": "boolean"})
 _RUN = {
     **_object(
         {
