@@ -87,7 +87,7 @@ def test_check_step_fails_annotates_and_reports(workspace: Path) -> None:
     errors = [line for line in run.stderr.splitlines() if line.startswith("::error")]
     assert errors == [
         "::error file=my models/net one.onnx,title=bnfold::"
-        "1 foldable node(s) remain (BatchNormalization x1)"
+        "1 foldable node remains (1 BatchNormalization)"
     ]
     assert "### bnfold check: 1 of 2 model(s) failing" in summary
     assert "| my models/clean one.onnx | clean | 0 | folded by bnfold" in summary

@@ -146,7 +146,7 @@ def test_github_annotations_and_step_summary(models: tuple[Path, Path], tmp_path
     assert len(lines) == 3, err
     assert lines[0] == (
         f"::error file={escape_property(str(src))},title=bnfold::"
-        "1 foldable node(s) remain (BatchNormalization x1)"
+        "1 foldable node remains (1 BatchNormalization)"
     )
     assert "a%2Cb%3A 100%25%0A%3A%3Awarning%3A%3Ax.onnx" in lines[1]
     assert lines[2].startswith(f"::error file={escape_property(str(broken))},title=bnfold::")
@@ -154,7 +154,7 @@ def test_github_annotations_and_step_summary(models: tuple[Path, Path], tmp_path
     text = summary.read_text()
     assert text.startswith("earlier step\n### bnfold check: 3 of 4 model(s) failing")
     assert "| model | status | foldable left | reason |" in text
-    assert f"| {src} | foldable | 1 | 1 foldable node(s) remain (BatchNormalization x1) |" in text
+    assert f"| {src} | foldable | 1 | 1 foldable node remains (1 BatchNormalization) |" in text
     assert f"| {folded} | clean | 0 | folded by bnfold 0.1.0 from {sha256(src)[:12]}" in text
     assert "| error | - |" in text
     # --format text turns it off inside GitHub, --format github turns it on outside
@@ -242,7 +242,7 @@ def test_junit_one_testcase_per_model(models: tuple[Path, Path], tmp_path: Path)
     ]
     failure = cases[0].find("failure")
     assert failure is not None
-    assert failure.get("message") == "1 foldable node(s) remain (BatchNormalization x1)"
+    assert failure.get("message") == "1 foldable node remains (1 BatchNormalization)"
     assert cases[1].find("failure") is None
     assert "folded by bnfold" in (cases[1].findtext("system-out") or "")
     assert sorted(os.listdir(report.parent)) == ["bnfold junit.xml"]  # no temporary file left

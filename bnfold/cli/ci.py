@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bnfold.cli.record import record_line
+from bnfold.cli.render import remaining
 from bnfold.cli.ui import printable
 from bnfold.errors import OutputError, UsageError
 
@@ -49,12 +50,8 @@ def failure_line(o: Outcome, mode: Mode) -> str | None:
     """Why ``o`` fails the gate, in one line without its file name; None when it passes."""
     if o.exit_code == 0:
         return None
-    if o.status == "foldable":
-        kinds: dict[str, int] = {}
-        for d in o.result.report.gated() if o.result is not None else ():
-            kinds[d.op] = kinds.get(d.op, 0) + 1
-        what = ", ".join(f"{op} x{n}" for op, n in kinds.items())
-        return f"{foldable_left(o)} foldable node(s) remain ({what})"
+    if o.status == "foldable" and o.result is not None:
+        return remaining(o.result.report)
     v = o.result.verification if o.result is not None else None
     if o.status == "unverified" and v is not None:
         return f"written unverified: {v.reason}"

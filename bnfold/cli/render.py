@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from bnfold.cli.decisions import decisions
+from bnfold.cli.decisions import WIDE, decisions
 from bnfold.cli.record import show_record
 from bnfold.cli.ui import escape, shorten
 from bnfold.cli.ui import table as _table
@@ -76,6 +76,12 @@ def growth(result: FileFoldResult) -> str | None:
             f"{size(report.copied_bytes)} of folded copies of weights that other layers "
             "share (they keep the original)"
         )
+    if result.record is not None and result.written:
+        from bnfold.model.record import encode  # only now: --help imports no protobuf
+
+        recorded = len(encode(result.record).encode())
+        if recorded * 2 > after - before:  # a small model: the record is much of what it gained
+            why.append(f"the fold record in its metadata takes {size(recorded)}")
     if not why:
         why.append("the new biases and folded weights take more room than the nodes they replace")
     return f"the model grew {after / before:.1f}x: " + "; ".join(why)
@@ -99,6 +105,27 @@ def verification_line(v: VerifyReport) -> str:
         f"worst max abs error {worst.max_abs:.3g} in '{escape(worst.name)}' "
         f"(rtol {worst.rtol:g}, atol {worst.atol:g})"
     )
+
+
+def comparisons(ui: Ui, v: VerifyReport, title: str) -> None:
+    """Each output's errors against its tolerance: a table from ``WIDE`` columns, else two lines
+    an output (its name, type, shape and verdict; then the numbers), so that nothing is cut."""
+    if not ui.reports:
+        return
+    if ui.width >= WIDE:
+        ui.show(lambda: comparison_table(v, title))
+        return
+    ui.say(escape(title))
+    for o in v.outputs:
+        verdict = "[green]ok[/green]" if o.passed else f"[red]{o.mismatched} differ[/red]"
+        shape = "x".join(str(d) for d in o.shape) or "scalar"
+        name = shorten(o.name, max(8, ui.width - 30))
+        ui.say(f"  '{escape(name)}' {o.dtype} {shape}  {verdict}")
+        ui.say(
+            f"max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, mean abs {o.mean_abs:.3g}, "
+            f"needs atol {o.min_atol:.3g} (rtol {o.rtol:g}, atol {o.atol:g})",
+            indent=6,
+        )
 
 
 def comparison_table(v: VerifyReport, title: str) -> Table:
@@ -158,19 +185,25 @@ def batch_table(outcomes: Sequence[Outcome], mode: Mode, width: int) -> Table:
     return table
 
 
-def check_line(o: Outcome) -> str:
-    """``MODEL: clean`` or ``MODEL: N foldable nodes remain (...)``, escaped."""
-    report = o.result.report if o.result is not None else None
-    gated = report.gated() if report is not None else ()
-    if report is None or not gated:
-        return f"{escape(str(o.input))}: clean"
+def remaining(report: FoldReport) -> str:
+    """``13 foldable nodes remain (11 BatchNormalization, 2 scale Mul/Add)``: what ``check``
+    fails on, in the words of every count (plain text); "" when nothing does."""
+    gated = report.gated()
+    if not gated:
+        return ""
     kinds: dict[str, int] = {}
     for d in gated:
         name = KIND_NAMES[report.kind(d)]
         kinds[name] = kinds.get(name, 0) + 1
     what = ", ".join(f"{n} {name}" for name, n in kinds.items())
     nodes = "node remains" if len(gated) == 1 else "nodes remain"
-    return f"{escape(str(o.input))}: {len(gated)} foldable {nodes} ({what})"
+    return f"{len(gated)} foldable {nodes} ({what})"
+
+
+def check_line(o: Outcome) -> str:
+    """``MODEL: clean`` or ``MODEL: N foldable nodes remain (...)``, escaped."""
+    left = remaining(o.result.report) if o.result is not None else ""
+    return f"{escape(str(o.input))}: {escape(left) if left else 'clean'}"
 
 
 def render_one(o: Outcome, mode: Mode, ui: Ui) -> None:
@@ -204,7 +237,7 @@ def render_one(o: Outcome, mode: Mode, ui: Ui) -> None:
     v = result.verification
     if v is not None:
         if v.status == "failed":
-            ui.show(lambda: comparison_table(v, "worst outputs"))
+            comparisons(ui, v, "worst outputs")
         ui.say(verification_line(v))
     elif report.changed and result.written:
         ui.say("verification skipped (--no-verify)")

@@ -9,7 +9,7 @@ import typer
 
 from bnfold.cli.options import VerifyGroup, command
 from bnfold.cli.record import record_check_line
-from bnfold.cli.render import comparison_table, verification_line
+from bnfold.cli.render import comparisons, verification_line
 from bnfold.cli.ui import Ui, escape
 from bnfold.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 
@@ -51,8 +51,11 @@ def register(app: typer.Typer) -> None:
         if report.status == "unverified":
             ui.error(f"{original} vs {candidate}: could not run the models ({report.reason})")
         else:
-            ui.show(lambda: comparison_table(report, f"{original} vs {candidate}"))
-            ui.say(verification_line(report))
+            comparisons(ui, report, f"{original} vs {candidate}")
+            if report.status == "failed":
+                ui.tell(verification_line(report))  # the verdict, even with -q
+            else:
+                ui.say(verification_line(report))
         line = record_check_line(record, str(original), str(candidate))
         if record.status == "mismatch":
             ui.error(line)

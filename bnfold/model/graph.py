@@ -288,7 +288,9 @@ class Scope:
             try:
                 value = evaluate(node, inputs, self.opset, self.budget)
             except CannotEvaluate as exc:
-                why = f"it is computed by a {node.op_type} node that {exc}"
+                why = (
+                    f"it is computed by a {node.op_type} node, and bnfold cannot evaluate it: {exc}"
+                )
                 if isinstance(exc, TooLarge) and self.budget is not None:
                     self.budget.refused[(self.path, name)] = why
                 raise NotConstant(why) from None
