@@ -210,7 +210,7 @@ def test_a_fold_reports_sizes_and_why_the_model_grew(tmp_path: Path) -> None:
     assert code == 0, err
     before, after = path.stat().st_size, out_path.stat().st_size
     assert after > 2 * before
-    assert re.search(r"size 1\.\d kB -> 14\d\.\d kB", out), out
+    assert re.search(r"; 1\.\d kB -> 14\d\.\d kB", out), out
     assert "the model grew" in out and "constant subgraphs computed at run time" in out
     code, out, _ = invoke(str(path), "-o", str(out_path), "--json")
     entry = json.loads(out)["models"][0]
