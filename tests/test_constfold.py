@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from bnfold import fold_model
 from bnfold.model.constfold import MAX_ELEMENTS, CannotEvaluate, evaluate
-from tests.builders import bn_node, count_ops, make_model, tensor, vinfo
+from tests.builders import bn_initializers, bn_node, bn_params, count_ops, make_model, tensor, vinfo
 from tests.ortutil import assert_fold_matches, run_ort
 
 
@@ -138,7 +138,45 @@ def test_weight_computed_from_a_graph_input_is_not_a_constant() -> None:
     decision = fold_model(model).report.decisions[0]
     assert decision.reason == "non_constant_weight"
     assert "ConstantOfShape node from 'xs'" in decision.message
-    assert "computed at run time by a Shape node" in decision.message
+    assert "Shape node from 'x', and it is a graph input" in decision.message
+
+
+def dynamo_conv_without_bias(dtype: Any = np.float32) -> onnx.ModelProto:
+    """torch's dynamo exporter without its optimizer writes a Conv(bias=False) with a bias of
+    zeros made at run time: Expand(CastLike(0, x), Expand(Shape(W)[0:1], [1]))."""
+    rng = np.random.default_rng(5)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes = [
+        helper.make_node("Shape", ["W"], ["wc"], start=0, end=1),
+        helper.make_node("Constant", [], ["one"], value_ints=[1]),
+        helper.make_node("Expand", ["wc", "one"], ["bshape"]),
+        helper.make_node("Constant", [], ["zero"], value=tensor("", np.array(0.0, np.float32))),
+        helper.make_node("CastLike", ["zero", "x"], ["zero_like_x"]),
+        helper.make_node("Expand", ["zero_like_x", "bshape"], ["bias"]),
+        helper.make_node("Conv", ["x", "W", "bias"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        bn_node("c", "y", "bn"),
+    ]
+    inits = [
+        tensor("W", rng.normal(0, 0.5, (8, 3, 3, 3)).astype(dtype)),
+        *bn_initializers("bn", {k: v.astype(dtype) for k, v in bn_params(rng, 8).items()}),
+    ]
+    return make_model(
+        nodes,
+        [vinfo("x", elem, ["N", 3, 6, 6])],
+        [vinfo("y", elem, ["N", 8, 6, 6])],
+        inits,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_bias_of_zeros_made_from_the_weights_shape_folds(dtype: Any) -> None:
+    """Shape reads only the weight's header, CastLike only x's declared type: the bias is a
+    constant, the BN folds, and the subgraph that made the zeros goes (it was
+    non_constant_weight, "computed at run time by a Expand node", for every such Conv)."""
+    result = assert_fold_matches(
+        dynamo_conv_without_bias(dtype), expect_folded=1, rtol=1e-3, atol=1e-3
+    )
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
 
 
 def _run_single(
@@ -181,6 +219,12 @@ B = RNG.normal(0, 3, (3,)).astype(np.float32)
         ("Sqrt", {"a": np.abs(A)}, {}, 17),
         ("Reciprocal", {"a": A}, {}, 17),
         ("Identity", {"a": A}, {}, 17),
+        ("Expand", {"a": B, "sh": np.array([2, 1], np.int64)}, {}, 17),
+        ("Expand", {"a": np.array(0.5, np.float32), "sh": np.array([4], np.int64)}, {}, 17),
+        ("CastLike", {"a": np.array([1, 300], np.int64), "b": B.astype(np.float16)}, {}, 17),
+        ("Shape", {"a": A[None]}, {}, 17),
+        ("Shape", {"a": A[None]}, {"start": 0, "end": 1}, 17),
+        ("Shape", {"a": A[None]}, {"start": -2}, 17),
     ],
 )
 def test_evaluation_is_bit_identical_to_onnxruntime(

@@ -59,7 +59,8 @@ from bnfold.fold.call_sites import (
 from bnfold.fold.driver import NodeKey
 from bnfold.fold.report import BNDecision
 from bnfold.model import proto
-from bnfold.model.graph import Constant, ModelIndex, NameAllocator, NotConstant, Scope
+from bnfold.model.graph import Constant, ModelIndex, NotConstant, Scope
+from bnfold.model.names import NameAllocator
 from bnfold.model.nodes import DEFAULT_DOMAINS, function_label
 
 

@@ -21,7 +21,8 @@ from bnfold.fold.rules.plan import FoldPlan, TensorUpdate
 from bnfold.fold.shapes import Shapes
 from bnfold.model import proto
 from bnfold.model.constfold import Budget
-from bnfold.model.graph import Constant, ModelIndex, NameAllocator, NotConstant, Scope, Shape
+from bnfold.model.graph import Constant, ModelIndex, NotConstant, Scope, Shape
+from bnfold.model.names import NameAllocator
 from bnfold.model.nodes import del_attr, set_attr
 from bnfold.model.store import TensorStore
 from bnfold.numerics import arith as numerics

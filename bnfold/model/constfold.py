@@ -147,6 +147,34 @@ def _cast(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     return data.astype(dtype)
 
 
+def _shape(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
+    """Shape (start/end from opset 15): of a stand-in of the input's shape (see ``Scope``)."""
+    dims = list(_need(x, 0).shape)
+    start, end = int(_attr(node, "start", 0)), _attr(node, "end")
+    stop = len(dims) if end is None else int(end)
+    return np.array(dims[slice(start, stop)], dtype=np.int64)
+
+
+def _cast_like(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
+    """CastLike: to the element type of input 1 (a stand-in of that type), as Cast does."""
+    data, like = _need(x, 0), _need(x, 1)
+    if data.dtype.kind in "fc" and like.dtype.kind in "iub":
+        raise CannotEvaluate("CastLike from float to integer (rounding is backend-defined)")
+    _check_size(data.size, like.dtype)
+    return data.astype(like.dtype)
+
+
+def _expand(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
+    data = _need(x, 0)
+    shape = tuple(int(d) for d in _need(x, 1))
+    if any(d < 0 for d in shape):
+        raise CannotEvaluate(f"negative shape {list(shape)}")
+    out = np.broadcast_shapes(data.shape, shape)
+    _check_size(math.prod(out), data.dtype)
+    expanded: Array = np.broadcast_to(data, out).copy()
+    return expanded
+
+
 def _flatten(node: proto.NodeProto, x: list[Array | None], opset: int) -> Array:
     data = _need(x, 0)
     axis = int(_attr(node, "axis", 1))
@@ -212,6 +240,9 @@ EVALUATORS: dict[str, Evaluator] = {
     "Squeeze": _squeeze,
     "Reshape": _reshape,
     "Cast": _cast,
+    "CastLike": _cast_like,
+    "Shape": _shape,
+    "Expand": _expand,
     "Flatten": _flatten,
     "Transpose": _transpose,
     "Concat": _concat,

@@ -22,12 +22,15 @@ from bnfold.model.constfold import EVALUATORS, Budget, CannotEvaluate, TooLarge,
 from bnfold.model.external import read_external
 from bnfold.model.nodes import (
     DEFAULT_DOMAINS,
+    constant_node_is_numeric,
+    constant_node_tensor,
+    constant_node_value,
     function_label,
     is_op,
     model_opset,
     subgraph_paths,
 )
-from bnfold.model.proto import AttributeProto, TensorProto
+from bnfold.model.proto import TensorProto
 from bnfold.model.store import TensorStore
 
 
@@ -69,7 +72,7 @@ class Constant:
                     self._array = proto.to_array(self.tensor)
             else:
                 assert self.node is not None
-                self._array = _constant_node_value(self.node)
+                self._array = constant_node_value(self.node)
         return self._array
 
     def _read_external(self, tensor: TensorProto) -> npt.NDArray[Any]:
@@ -92,42 +95,6 @@ class Constant:
         loaded.dims.extend(int(d) for d in tensor.dims)
         loaded.raw_data = raw
         return proto.to_array(loaded)
-
-
-def _constant_node_value(node: proto.NodeProto) -> npt.NDArray[Any]:
-    attr = node.attribute[0]
-    if attr.name == "value_float":
-        return np.array(attr.f, dtype=np.float32)
-    if attr.name == "value_floats":
-        return np.array(list(attr.floats), dtype=np.float32)
-    if attr.name == "value_int":
-        return np.array(attr.i, dtype=np.int64)
-    if attr.name == "value_ints":
-        return np.array(list(attr.ints), dtype=np.int64)
-    raise ValueError(f"Constant attribute {attr.name} holds no numeric tensor")
-
-
-def _constant_node_tensor(node: proto.NodeProto) -> TensorProto | None:
-    """The `value` tensor of a Constant node, when that is how it holds its value."""
-    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
-        return None
-    attr = node.attribute[0]
-    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
-        value: TensorProto = attr.t
-        return value
-    return None
-
-
-def _constant_node_is_numeric(node: proto.NodeProto) -> bool:
-    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
-        return False
-    return node.attribute[0].name in (
-        "value",
-        "value_float",
-        "value_floats",
-        "value_int",
-        "value_ints",
-    )
 
 
 class NotConstant(Exception):
@@ -233,8 +200,8 @@ class Scope:
             idx = scope.producer.get(name)
             if idx is not None:
                 node = scope.nodes[idx]
-                if is_op(node, "Constant") and _constant_node_is_numeric(node):
-                    return Constant(name, scope, tensor=_constant_node_tensor(node), node=node)
+                if is_op(node, "Constant") and constant_node_is_numeric(node):
+                    return Constant(name, scope, tensor=constant_node_tensor(node), node=node)
                 if is_op(node, "Constant"):
                     raise NotConstant("it is a Constant bound to a function attribute")
                 return scope._evaluated(name, node)
@@ -272,15 +239,16 @@ class Scope:
         self._computed[name] = _IN_PROGRESS
         self._depth += 1
         try:
-            if node.op_type not in EVALUATORS or not is_op(node, node.op_type):
+            known = node.op_type in (*EVALUATORS, "Shape", "CastLike")
+            if not known or not is_op(node, node.op_type):
                 raise NotConstant(f"it is computed at run time by a {node.op_type} node")
             inputs: list[npt.NDArray[Any] | None] = []
-            for source in node.input:
+            for k, source in enumerate(node.input):
                 if not source:
                     inputs.append(None)
                     continue
                 try:
-                    inputs.append(self.constant(source).array())
+                    inputs.append(self._operand(node, k, source))
                 except (NotConstant, proto.UnknownElementType) as exc:
                     raise NotConstant(
                         f"it is computed by a {node.op_type} node from '{source}', and {exc}"
@@ -302,6 +270,26 @@ class Scope:
         const = Constant(name, self, node=node, computed=True, _array=value)
         self._computed[name] = const
         return const
+
+    def _operand(self, node: proto.NodeProto, k: int, source: str) -> npt.NDArray[Any]:
+        """Input ``k`` of ``node`` as its evaluator takes it. What a Shape reads and what a
+        CastLike takes its type from need not be constants: only their shape (a constant's
+        header: a weight is not read for it) or their element type (as declared) are known
+        before run time, and they stand in as an empty array of that shape or type (torch's
+        dynamo exporter writes a Conv's missing bias as Expand(CastLike(0, x), Shape(W)[0:1]))."""
+        if is_op(node, "Shape"):
+            shape = self.constant(source).shape
+            return np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape, (0,) * len(shape))
+        if is_op(node, "CastLike") and k == 1:
+            try:
+                return np.empty(0, self.constant(source).array().dtype)
+            except NotConstant:
+                elem_type = value_elem_type(self, source)
+                if elem_type is None:
+                    raise
+                proto.check_known(elem_type, source)
+                return np.empty(0, proto.tensor_dtype_to_np_dtype(elem_type))
+        return self.constant(source).array()
 
     def is_exclusive(self, const: Constant, node: proto.NodeProto) -> bool:
         """True when ``node`` alone reads ``const`` anywhere, so it may change in place."""
@@ -430,26 +418,6 @@ class ModelIndex:
         return names
 
 
-class NameAllocator:
-    """Hands out names unique across the whole model, subgraphs and functions included."""
-
-    def __init__(self, taken: set[str]) -> None:
-        self.taken = taken
-        #: per base, the suffix to try first: names are only ever added to ``taken``, so the
-        #: ones below it are still taken (the same names as counting from 1, without the walk)
-        self._next: dict[str, int] = {}
-
-    def new(self, base: str) -> str:
-        k = self._next.get(base, 0)
-        name = base if k == 0 else f"{base}_{k}"
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        self._next[base] = k + 1
-        return name
-
-
 Shape = tuple[int | None, ...]  # None: a symbolic or unknown dimension
 
 
@@ -483,3 +451,21 @@ def type_shape(t: proto.TypeProto) -> Shape | None:
     if not tt.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+
+
+def value_elem_type(scope: Scope, name: str) -> int | None:
+    """The element type of ``name`` where the model declares it (inputs, value_info, outputs,
+    initializers), or None."""
+    s: Scope | None = scope
+    while s is not None:
+        if s.graph is not None:
+            for vi in (*s.graph.input, *s.graph.value_info, *s.graph.output):
+                if vi.name == name and vi.type.HasField("tensor_type"):
+                    elem_type = int(vi.type.tensor_type.elem_type)
+                    return elem_type or None
+            if name in s.initializers:
+                return int(s.initializers[name].data_type)
+        if s.defines(name):
+            return None
+        s = s.parent
+    return None

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from bnfold.model import proto
-from bnfold.model.proto import AttributeProto
+from bnfold.model.proto import AttributeProto, TensorProto
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -75,3 +78,39 @@ def model_opset(model: proto.ModelProto) -> int:
 def function_label(func: proto.FunctionProto) -> str:
     """The path of a function body's scope: ``function:domain.name``."""
     return f"function:{func.domain}.{func.name}" if func.domain else f"function:{func.name}"
+
+
+def constant_node_value(node: proto.NodeProto) -> npt.NDArray[Any]:
+    attr = node.attribute[0]
+    if attr.name == "value_float":
+        return np.array(attr.f, dtype=np.float32)
+    if attr.name == "value_floats":
+        return np.array(list(attr.floats), dtype=np.float32)
+    if attr.name == "value_int":
+        return np.array(attr.i, dtype=np.int64)
+    if attr.name == "value_ints":
+        return np.array(list(attr.ints), dtype=np.int64)
+    raise ValueError(f"Constant attribute {attr.name} holds no numeric tensor")
+
+
+def constant_node_tensor(node: proto.NodeProto) -> TensorProto | None:
+    """The `value` tensor of a Constant node, when that is how it holds its value."""
+    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
+        return None
+    attr = node.attribute[0]
+    if attr.name == "value" and attr.type == AttributeProto.TENSOR:
+        value: TensorProto = attr.t
+        return value
+    return None
+
+
+def constant_node_is_numeric(node: proto.NodeProto) -> bool:
+    if len(node.attribute) != 1 or node.attribute[0].ref_attr_name:
+        return False
+    return node.attribute[0].name in (
+        "value",
+        "value_float",
+        "value_floats",
+        "value_int",
+        "value_ints",
+    )
