@@ -56,15 +56,7 @@ class BNIntoGemm(LayerAfterRule):
         if len(w.shape) != 2:
             raise Skip(Reason.SHAPE_MISMATCH, f"{describe(layer)} B has shape {list(w.shape)}")
         trans_b = int(get_attr(layer, "transB", 0))
-        inner = w.shape[1] if trans_b else w.shape[0]
-        if bn.channels * spatial != inner:
-            raise Skip(
-                Reason.SHAPE_MISMATCH,
-                f"it has {bn.channels} channels"
-                + (f" of {spatial} columns each" if spatial > 1 else "")
-                + f" but the {describe(layer)} after it sums over {inner}",
-            )
-        s, t = per_column(bn, spatial)
+        s, t = per_column(bn, spatial, layer, w.shape[1] if trans_b else w.shape[0])
         return (s[None, :] if trans_b else s[:, None]), t
 
     def shifted_bias(self, layer: proto.NodeProto, w: Constant, b: Constant | None, t: F64) -> F64:

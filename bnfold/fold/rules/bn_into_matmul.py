@@ -46,14 +46,7 @@ class BNIntoMatMul(LayerAfterRule):
                 Reason.SHAPE_MISMATCH,
                 f"the {describe(layer)} after it has a B of shape {list(w.shape)}, not 2-D",
             )
-        if bn.channels * spatial != w.shape[0]:
-            raise Skip(
-                Reason.SHAPE_MISMATCH,
-                f"it has {bn.channels} channels"
-                + (f" of {spatial} columns each" if spatial > 1 else "")
-                + f" but the {describe(layer)} after it sums over {w.shape[0]}",
-            )
-        s, t = per_column(bn, spatial)
+        s, t = per_column(bn, spatial, layer, w.shape[0])
         return s[:, None], t
 
     def shifted_bias(self, layer: proto.NodeProto, w: Constant, b: Constant | None, t: F64) -> F64:

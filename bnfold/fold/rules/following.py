@@ -267,9 +267,16 @@ def input_shift(bn: BatchNorm) -> F64:
     return shift
 
 
-def per_column(bn: BatchNorm, spatial: int) -> tuple[F64, F64]:
+def per_column(bn: BatchNorm, spatial: int, layer: proto.NodeProto, inner: int) -> tuple[F64, F64]:
     """(s, t) per input column of the layer after it: each channel's repeated ``spatial`` times
-    (NCHW flatten order)."""
+    (NCHW flatten order); Skip when they are not the ``inner`` columns ``layer`` sums over."""
+    if bn.channels * spatial != inner:
+        raise Skip(
+            Reason.SHAPE_MISMATCH,
+            f"it has {bn.channels} channels"
+            + (f" of {spatial} columns each" if spatial > 1 else "")
+            + f" but the {describe(layer)} after it sums over {inner}",
+        )
     t = input_shift(bn)
     if spatial == 1:
         return bn.s, t
