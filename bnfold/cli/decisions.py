@@ -87,9 +87,9 @@ def _decision_lines(ui: Ui, rows: Sequence[BNDecision], title: str) -> None:
 
 def _by_reason(ui: Ui, rows: Sequence[BNDecision], title: str) -> None:
     """One entry per reason: how many, one example, and the fix where there is one."""
-    from bnfold.fold.rules.reasons import HINTS, Reason
+    from bnfold.fold.rules.reasons import HINTS
 
-    _CODES = {r.value for r in Reason}
+    hints = {reason.value: hint for reason, hint in HINTS.items()}
     groups: dict[str, list[BNDecision]] = {}
     for d in rows:
         groups.setdefault(d.reason, []).append(d)
@@ -105,6 +105,6 @@ def _by_reason(ui: Ui, rows: Sequence[BNDecision], title: str) -> None:
         if message != first.message:
             message += "\u2026"
         ui.say(escape(message), indent=6)
-        hint = HINTS.get(Reason(code)) if code in _CODES else None
+        hint = hints.get(code)
         if hint:
             ui.say(escape(f"fix: {hint}"), indent=6)

@@ -136,8 +136,9 @@ class FoldReport:
         """Folded and total per kind, every kind present (zero counts included)."""
         counts = {k: [0, 0] for k in KINDS}
         for d in self.decisions:
-            counts[self.kind(d)][0] += d.folded
-            counts[self.kind(d)][1] += 1
+            tally = counts[self.kind(d)]
+            tally[0] += d.folded
+            tally[1] += 1
         return {k: Tally(folded, total) for k, (folded, total) in counts.items()}
 
     def gated(self) -> tuple[BNDecision, ...]:
