@@ -177,11 +177,14 @@ def fold_file(
     # the rest from file to file.
     opened = open_model_file(src)
     model, external, store = opened.model, opened.external, opened.store
+    # the files the input is read from, taken before folding: a fold of every weight in an
+    # external data file leaves no tensor that names it, but the file is still the source's
+    files = opened.files()
     if write and not in_place:
-        _check_not_an_input(src, dst, opened.files())
+        _check_not_an_input(src, dst, files)
     # Folded weights stay arrays in the store until written: one copy less of each, and for
     # inspect/check (write=False) none of them is serialized into the model at all.
-    size = _size(opened.files())
+    size = _size(files)
     engine = FoldEngine(model, rules, base_dir=src.parent, store=store)
     report = engine.run()
     old = fold_record.read(model)
@@ -201,7 +204,7 @@ def fold_file(
     # the source is hashed in a thread while the model is written and verified
     digest = None
     if record and (report.changed or old is None):
-        digest = fold_record.digest_in_background(src, opened.files())
+        digest = fold_record.digest_in_background(src, files)
     elif not record and report.changed:
         fold_record.put(model, None)  # it described the model before this fold
     staging = stage_model(

@@ -273,6 +273,36 @@ def test_external_data_is_hashed(tmp_path: Path) -> None:
     assert (tmp_path / "out.onnx.data").is_file()
 
 
+def test_external_data_whose_every_weight_folds_is_still_hashed(tmp_path: Path) -> None:
+    """Only the Conv's weight is external and the fold replaces it: no tensor of the folded model
+    names the data file any more, but the record still holds the source's data file."""
+    src = tmp_path / "big.onnx"
+    rng = np.random.default_rng(8)
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), bn_node("c", "y", "bn")],
+        [vinfo("x", TensorProto.FLOAT, [1, 64, 4, 4])],
+        [vinfo("y", TensorProto.FLOAT, [1, 64, 4, 4])],
+        [
+            tensor("w", rng.normal(0, 0.1, (64, 64, 3, 3)).astype(np.float32)),
+            *bn_initializers("bn", bn_params(rng, 64)),
+        ],
+    )
+    onnx.save(
+        model,
+        src,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="big.onnx.data",
+        size_threshold=1024,
+    )
+    out = tmp_path / "out.onnx"
+    bnfold.fold_file(src, out)
+    data = tmp_path / "big.onnx.data"
+    assert stored(out)["source"]["external_data"] == [
+        {"sha256": sha256(data), "bytes": data.stat().st_size}
+    ]
+
+
 @pytest.mark.parametrize(
     "value",
     [
